@@ -1,0 +1,5 @@
+import sys
+
+from airflow_provider_orchestra_dbt.cli import main
+
+sys.exit(main())

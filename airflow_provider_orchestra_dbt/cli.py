@@ -1,0 +1,89 @@
+"""``python -m airflow_provider_orchestra_dbt``: state-aware dbt runs without Airflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from airflow_provider_orchestra_dbt import __version__
+from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig
+from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
+from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateError
+
+COMMANDS = ("build", "run", "test", "plan")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_orchestra_dbt",
+        description="Run dbt build/run/test rebuilding only what changed; 'plan' only decides.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("--project-dir", default=".", help="dbt project directory (default: .)")
+    parser.add_argument("--profiles-dir", help="directory holding profiles.yml")
+    parser.add_argument("--target", "-t", help="dbt target")
+    parser.add_argument("--select", "-s", nargs="+", help="dbt selection")
+    parser.add_argument("--exclude", nargs="+", help="dbt exclusion")
+    parser.add_argument("--selector", help="a selector from selectors.yml")
+    parser.add_argument("--vars", help="YAML/JSON mapping of dbt vars")
+    parser.add_argument("--full-refresh", action="store_true")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument(
+        "--state-file",
+        help="local JSON state file (default: none, i.e. everything is built and nothing recorded)",
+    )
+    parser.add_argument("--no-reuse", action="store_true", help="build everything, still record")
+    parser.add_argument("--report", help="write a JSON report of every node's decision here")
+    parser.add_argument("--target-path", help="keep dbt's artifacts here (default: a temp dir)")
+    parser.add_argument("--dbt-python", help="interpreter for the dbt worker (default: this one)")
+    parser.add_argument(
+        "--plan-for",
+        choices=("build", "run", "test"),
+        default="build",
+        help="with 'plan': which command to plan (default: build)",
+    )
+    parser.epilog = "Extra dbt flags go after a literal '--', e.g. -- --fail-fast"
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dbt_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("orchestra_dbt")
+    try:
+        config = DbtRunConfig.create(
+            project_dir=args.project_dir,
+            command=args.plan_for if args.command == "plan" else args.command,
+            profiles_dir=args.profiles_dir,
+            target=args.target,
+            select=args.select,
+            exclude=args.exclude,
+            selector=args.selector,
+            vars=args.vars,
+            full_refresh=args.full_refresh,
+            threads=args.threads,
+            dbt_args=dbt_args,
+            reuse=not args.no_reuse,
+            dry_run=args.command == "plan",
+            python=args.dbt_python,
+            target_path=args.target_path,
+        )
+        store = LocalFileStateStore(Path(args.state_file)) if args.state_file else None
+        report = DbtSession(config, store, log).run()
+    except (ConfigError, DbtRunError, StateError) as exc:
+        log.error("%s", exc)
+        return 2
+    if args.report:
+        Path(args.report).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

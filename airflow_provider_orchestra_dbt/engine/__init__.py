@@ -1,0 +1,1 @@
+"""The decision engine: graph, fingerprints, planner and outcomes. No Airflow imports here."""

@@ -1,0 +1,182 @@
+"""What one dbt run should do: a frozen, validated description shared by the CLI and operator."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_AWARE_COMMANDS = frozenset({"build", "run", "test"})
+# Flags the worker sets itself for exact selection; a user value would silently break it.
+_RESERVED_FLAGS = {
+    "--state": "use --defer-state for deferral; --state is used for exact node selection",
+    "--select": "use the select argument",
+    "-s": "use the select argument",
+    "--exclude": "use the exclude argument",
+    "--selector": "use the selector argument",
+    "--indirect-selection": "tests are selected by the planner",
+    "--target-path": "use the target_path argument",
+    "--project-dir": "use the project_dir argument",
+    "--profiles-dir": "use the profiles_dir argument",
+    "--vars": "use the vars argument",
+}
+
+
+class ConfigError(ValueError):
+    """A run argument is invalid; the message names the argument and the value at fault."""
+
+
+@dataclass(frozen=True)
+class DbtRunConfig:
+    project_dir: Path
+    command: str = "build"
+    profiles_dir: Path | None = None
+    target: str | None = None
+    select: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    selector: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+    full_refresh: bool = False
+    threads: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    dbt_args: tuple[str, ...] = ()
+    reuse: bool = True
+    dry_run: bool = False
+    python: str | None = None
+    target_path: Path | None = None
+    key_prefix: str | None = None
+    run_info: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_aware(self) -> bool:
+        return self.command in STATE_AWARE_COMMANDS
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        project_dir: str | Path,
+        command: str = "build",
+        profiles_dir: str | Path | None = None,
+        target: str | None = None,
+        select: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+        selector: str | None = None,
+        vars: Mapping[str, Any] | str | None = None,
+        full_refresh: bool = False,
+        threads: int | None = None,
+        env: Mapping[str, str] | None = None,
+        dbt_args: Sequence[str] | None = None,
+        reuse: bool = True,
+        dry_run: bool = False,
+        python: str | None = None,
+        target_path: str | Path | None = None,
+        key_prefix: str | None = None,
+        run_info: Mapping[str, Any] | None = None,
+    ) -> DbtRunConfig:
+        """Normalise loosely typed input (templated strings, lists) and validate it."""
+        config = cls(
+            project_dir=Path(project_dir).expanduser(),
+            command=(command or "").strip(),
+            profiles_dir=Path(profiles_dir).expanduser() if profiles_dir else None,
+            target=target or None,
+            select=_selection("select", select),
+            exclude=_selection("exclude", exclude),
+            selector=selector or None,
+            vars=parse_vars(vars),
+            full_refresh=bool(full_refresh),
+            threads=_threads(threads),
+            env=_env(env),
+            dbt_args=_dbt_args(dbt_args),
+            reuse=bool(reuse),
+            dry_run=bool(dry_run),
+            python=python or None,
+            target_path=Path(target_path).expanduser() if target_path else None,
+            key_prefix=key_prefix or None,
+            run_info=dict(run_info or {}),
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not self.command or " " in self.command:
+            raise ConfigError(f"command must be one dbt command such as 'build', got {self.command!r}")
+        if not self.project_dir.is_dir():
+            raise ConfigError(f"project_dir {str(self.project_dir)!r} does not exist or is not a directory")
+        if not (self.project_dir / "dbt_project.yml").is_file():
+            raise ConfigError(
+                f"project_dir {str(self.project_dir)!r} is not a dbt project (no dbt_project.yml)"
+            )
+        if self.profiles_dir is not None and not self.profiles_dir.is_dir():
+            raise ConfigError(f"profiles_dir {str(self.profiles_dir)!r} does not exist or is not a directory")
+        if self.profiles_dir is not None and not (self.profiles_dir / "profiles.yml").is_file():
+            raise ConfigError(f"profiles_dir {str(self.profiles_dir)!r} has no profiles.yml")
+        if self.state_aware:
+            for arg in self.dbt_args:
+                flag = arg.split("=", 1)[0]
+                if flag in _RESERVED_FLAGS:
+                    raise ConfigError(f"dbt_args must not contain {flag}: {_RESERVED_FLAGS[flag]}")
+
+
+def parse_vars(value: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    """Accept a mapping, or a YAML/JSON string of one (as dbt's --vars does)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"vars is not valid YAML or JSON: {exc}") from exc
+        if value is None:
+            return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"vars must be a mapping of names to values, got {type(value).__name__}")
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"vars must be JSON-serialisable: {exc}") from exc
+    return {str(k): v for k, v in value.items()}
+
+
+def _selection(name: str, value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(value.split())
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{name} must be a string or a list of strings, got {value!r}")
+    return tuple(part for v in value for part in v.split())
+
+
+def _threads(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threads must be a positive integer, got {value!r}") from None
+    if threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {value!r}")
+    return threads
+
+
+def _env(value: Mapping[str, Any] | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"env must be a mapping of variable names to values, got {type(value).__name__}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _dbt_args(value: Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"dbt_args must be a list of strings such as ['--fail-fast'], got {value!r}"
+        )
+    return tuple(value)

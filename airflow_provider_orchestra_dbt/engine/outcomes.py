@@ -1,0 +1,145 @@
+"""From dbt's node results to state entries: what this run may record as consumed (design §4).
+
+Only nodes that finished building successfully get a new entry. A failed or skipped node keeps
+its previous entry, so it stays dirty and the next run (or a task retry) rebuilds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_provider_orchestra_dbt.engine.graph import Graph
+from airflow_provider_orchestra_dbt.engine.planner import Plan, Probe
+from airflow_provider_orchestra_dbt.state.model import StateEntries, format_timestamp
+
+BUILT_STATUSES = frozenset({"success"})
+TEST_FAILED_STATUSES = frozenset({"fail", "error"})
+FAILED_STATUSES = frozenset({"error", "fail", "runtime error", "partial success"})
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    unique_id: str
+    status: str
+    execution_time: float | None = None
+    finished_at: str | None = None
+    message: str | None = None
+    rows_affected: int | None = None
+    failures: int | None = None
+
+    @classmethod
+    def from_message(cls, message: Mapping[str, Any]) -> NodeResult:
+        return cls(
+            unique_id=message["unique_id"],
+            status=str(message.get("status", "")).lower(),
+            execution_time=message.get("execution_time"),
+            finished_at=message.get("finished_at"),
+            message=message.get("message") or None,
+            rows_affected=message.get("rows_affected"),
+            failures=message.get("failures"),
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the run did to the state: new entries and which nodes failed their tests."""
+
+    updates: StateEntries = field(default_factory=dict)
+    test_failed: tuple[str, ...] = ()
+
+
+def state_updates(
+    graph: Graph,
+    plan: Plan,
+    results: Mapping[str, NodeResult],
+    state: StateEntries,
+    probe: Probe,
+    *,
+    run_info: Mapping[str, Any] | None = None,
+) -> Outcome:
+    decisions = plan.by_id
+    options = plan.options
+    failed_tests_on = _nodes_with_failed_tests(graph, results)
+    tests_run_on = _nodes_with_tests_run(graph, results)
+    updates: StateEntries = {}
+
+    def current(uid: str) -> Mapping[str, Any] | None:
+        key = options.key_for(graph[uid])
+        return updates.get(key) or state.get(key)
+
+    for uid in graph.topological(d.unique_id for d in plan.decisions if not graph[d.unique_id].is_test):
+        decision = decisions[uid]
+        node = graph[uid]
+        key = decision.key or options.key_for(node)
+        result = results.get(uid)
+        previous = state.get(key)
+        if decision.builds and result is not None and result.status in BUILT_STATUSES:
+            assert decision.fingerprint is not None
+            up = graph.upstream(uid)
+            entry: dict[str, Any] = {
+                "unique_id": uid,
+                "checksum": decision.fingerprint.checksum,
+                "checksum_parts": dict(decision.fingerprint.parts),
+                "last_updated": result.finished_at or format_timestamp(datetime.now(timezone.utc)),
+                "sources": _consumed_sources(up.sources, probe),
+                "upstream": {
+                    options.key_for(graph[p]): entry_p["last_updated"]
+                    for p in up.nodes
+                    if (entry_p := current(p)) is not None and entry_p.get("last_updated")
+                },
+                "status": _status_after_build(uid, options.command, failed_tests_on),
+                "execution_time": result.execution_time,
+            }
+            if run_info:
+                entry["run"] = dict(run_info)
+            updates[key] = entry
+        elif previous is not None and uid in failed_tests_on:
+            updates[key] = {**previous, "status": "test_failed"}
+        elif (
+            previous is not None
+            and previous.get("status") == "untested"
+            and uid in tests_run_on
+            and options.command == "build"
+        ):
+            updates[key] = {**previous, "status": "success"}
+    return Outcome(updates, tuple(sorted(failed_tests_on)))
+
+
+def _status_after_build(uid: str, command: str, failed_tests_on: set[str]) -> str:
+    if uid in failed_tests_on:
+        return "test_failed"
+    return "untested" if command == "run" else "success"
+
+
+def _consumed_sources(source_ids: Iterable[str], probe: Probe) -> dict[str, str]:
+    """Record the freshness measured *before* the build: rows landing during it stay new."""
+    consumed: dict[str, str] = {}
+    for source_id in source_ids:
+        fresh = probe.freshness.get(source_id)
+        if fresh is not None and fresh.max_loaded_at is not None:
+            consumed[source_id] = format_timestamp(fresh.max_loaded_at)
+    return consumed
+
+
+def _nodes_with_failed_tests(graph: Graph, results: Mapping[str, NodeResult]) -> set[str]:
+    failed: set[str] = set()
+    for uid, result in results.items():
+        node = graph.nodes.get(uid)
+        if node is None or not node.is_test or result.status not in TEST_FAILED_STATUSES:
+            continue
+        if node.severity == "warn" and result.status == "fail":
+            continue
+        failed.update(t for t in graph.tested_nodes(uid) if graph[t].is_stateful)
+    return failed
+
+
+def _nodes_with_tests_run(graph: Graph, results: Mapping[str, NodeResult]) -> set[str]:
+    tested: set[str] = set()
+    for uid, result in results.items():
+        node = graph.nodes.get(uid)
+        if node is not None and node.is_test and result.status in {"pass", "warn"}:
+            tested.update(graph.tested_nodes(uid))
+    return tested

@@ -1,0 +1,273 @@
+"""One state-aware dbt run: load state, ask the worker for facts, plan, execute, record.
+
+Shared by the CLI and the Airflow operator; it knows nothing about Airflow. ``stop()`` may be
+called from another thread or a signal handler (the operator's ``on_kill``): it interrupts dbt,
+and whatever finished before the interruption is still recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import replace
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprinter
+from airflow_provider_orchestra_dbt.engine.graph import Graph
+from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
+from airflow_provider_orchestra_dbt.engine.planner import Plan, PlanOptions, Probe, plan, probe_targets
+from airflow_provider_orchestra_dbt.engine.report import RunReport, finished_node_line
+from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
+from airflow_provider_orchestra_dbt.worker.client import WorkerError, WorkerProcess
+
+CACHE_DIR_ENV = "ORCHESTRA_DBT_CACHE_DIR"
+
+
+class DbtRunError(RuntimeError):
+    """dbt could not run at all (bad project, profile, selection, crash): nothing was recorded."""
+
+
+class DbtSession:
+    def __init__(
+        self,
+        config: DbtRunConfig,
+        store: StateStore | None,
+        logger: logging.Logger,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.log = logger
+        self._worker: WorkerProcess | None = None
+        self._results: dict[str, NodeResult] = {}
+        self._stopped = threading.Event()
+
+    # -- public --------------------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        config = self.config
+        run_dir = Path(tempfile.mkdtemp(prefix="orchestra-dbt-"))
+        target_path = config.target_path or run_dir / "target"
+        try:
+            if not config.state_aware:
+                return self._passthrough(run_dir, target_path)
+            return self._stateful(run_dir, target_path)
+        finally:
+            if self._worker is not None:
+                self._worker.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Interrupt dbt (SIGINT to its process group, then escalation)."""
+        self._stopped.set()
+        if self._worker is not None:
+            self.log.warning("Stopping the dbt worker (pid %s)", self._worker.pid)
+            self._worker.stop()
+
+    # -- the two kinds of run ------------------------------------------------------------------
+
+    def _passthrough(self, run_dir: Path, target_path: Path) -> RunReport:
+        worker = self._start_worker(run_dir, target_path, state_aware=False)
+        try:
+            result = worker.receive("execute_result", self._on_event)
+        except WorkerError as exc:
+            raise DbtRunError(f"dbt {self.config.command} failed: {exc.message}") from exc
+        return RunReport(
+            command=self.config.command,
+            target=self.config.target,
+            exit_code=int(result["exit_code"]),
+            error=result.get("error"),
+            results={r["unique_id"]: NodeResult.from_message(r) for r in result["results"]},
+            artifacts_dir=str(self.config.target_path) if self.config.target_path else None,
+            run_info=self.config.run_info,
+        )
+
+    def _stateful(self, run_dir: Path, target_path: Path) -> RunReport:
+        config = self.config
+        state = self._load_state()
+        worker = self._start_worker(run_dir, target_path, state_aware=True)
+        try:
+            graph_message = worker.receive("graph")
+        except WorkerError as exc:
+            raise DbtRunError(_explain(exc, config)) from exc
+        graph = Graph.from_message(graph_message)
+        selected = graph_message["selected"]
+        sources, schemas = probe_targets(graph, selected)
+        worker.send(
+            {
+                "type": "probe",
+                "sources": sources,
+                "schemas": schemas if config.reuse and not config.full_refresh else [],
+            }
+        )
+        try:
+            probe = Probe.from_message(worker.receive("probe_result"))
+        except WorkerError as exc:
+            raise DbtRunError(_explain(exc, config)) from exc
+        for source_id, fresh in probe.freshness.items():
+            if fresh.error:
+                self.log.warning("Freshness of %s is unknown: %s", source_id, fresh.error)
+
+        options = PlanOptions(
+            command=config.command,
+            reuse=config.reuse,
+            full_refresh=config.full_refresh,
+            key_prefix=config.key_prefix,
+        )
+        fingerprint = Fingerprinter(graph, cli_vars=config.vars, env=self._worker_env())
+        the_plan = plan(graph, selected, state, fingerprint, probe, options)
+        self.log.info("Plan (%d nodes):\n%s", len(the_plan.decisions), _plan_report(graph, the_plan).plan_table())
+
+        to_execute = the_plan.to_execute()
+        if config.dry_run or not to_execute or self._stopped.is_set():
+            worker.send({"type": "finish"})
+            worker.close()
+            report = self._report(graph, the_plan, state, exit_code=0, updates=0)
+            if config.dry_run:
+                self.log.info("Dry run: nothing executed, state unchanged.")
+            self.log.info(report.summary_line())
+            return report
+
+        self.log.info("Executing %d of %d planned nodes", len(to_execute), len(the_plan.decisions))
+        try:
+            worker.send({"type": "execute", "nodes": to_execute})
+            result = worker.receive("execute_result", self._on_event)
+        except BaseException as exc:
+            # Killed or crashed mid-build: keep what finished, then let the failure through.
+            worker.stop()
+            worker.drain_events(self._on_event)
+            if isinstance(exc, WorkerError) and exc.exit_code not in (None, 130, -2):
+                raise DbtRunError(_explain(exc, config)) from exc
+            self._record(graph, the_plan, state, probe)
+            raise
+        for item in result["results"]:
+            self._results[item["unique_id"]] = NodeResult.from_message(item)
+        exit_code = int(result["exit_code"])
+        if exit_code == 2:
+            # An unhandled dbt error: its results cannot be trusted, so nothing is recorded.
+            raise DbtRunError(f"dbt {config.command} crashed: {result.get('error')}")
+        updates = self._record(graph, the_plan, state, probe)
+        report = self._report(graph, the_plan, state, exit_code=exit_code, updates=updates)
+        report = replace(report, error=result.get("error"))
+        self.log.info(report.summary_line())
+        return report
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def _load_state(self) -> StateEntries:
+        if self.store is None:
+            return {}
+        document = self.store.load()
+        self.log.info("Loaded %d state entries from %s", len(document.entries), self.store.description)
+        return document.entries
+
+    def _record(self, graph: Graph, the_plan: Plan, state: StateEntries, probe: Probe) -> int:
+        outcome = state_updates(
+            graph, the_plan, self._results, state, probe, run_info=self.config.run_info
+        )
+        if self.store is None or not outcome.updates:
+            return 0
+        self.store.save(outcome.updates)
+        self.log.info("Saved %d state entries to %s", len(outcome.updates), self.store.description)
+        return len(outcome.updates)
+
+    def _report(
+        self, graph: Graph, the_plan: Plan, state: StateEntries, *, exit_code: int, updates: int
+    ) -> RunReport:
+        saved = 0.0
+        for decision in the_plan.reused():
+            entry = state.get(decision.key or "") if decision.key else None
+            if entry and isinstance(entry.get("execution_time"), (int, float)):
+                saved += float(entry["execution_time"])
+        return RunReport(
+            command=self.config.command,
+            target=self.config.target,
+            exit_code=exit_code,
+            dry_run=self.config.dry_run,
+            graph=graph,
+            plan=the_plan,
+            results=dict(self._results),
+            time_saved_seconds=saved,
+            state_updates=updates,
+            artifacts_dir=str(self.config.target_path) if self.config.target_path else None,
+            run_info=self.config.run_info,
+        )
+
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        if event.get("type") == "node_finished":
+            self._results[event["unique_id"]] = NodeResult.from_message(event)
+            self.log.info(finished_node_line(event))
+
+    def _start_worker(self, run_dir: Path, target_path: Path, *, state_aware: bool) -> WorkerProcess:
+        config = self.config
+        worker = WorkerProcess(
+            python=config.python,
+            env=self._worker_env(),
+            on_output=lambda line: self.log.info("dbt | %s", line),
+        )
+        self._worker = worker
+        worker.start()
+        worker.send(
+            {
+                "type": "start",
+                "state_aware": state_aware,
+                "command": config.command,
+                "project_dir": str(config.project_dir.resolve()),
+                "profiles_dir": str(config.profiles_dir.resolve()) if config.profiles_dir else None,
+                "target": config.target,
+                "vars": dict(config.vars),
+                "select": list(config.select),
+                "exclude": list(config.exclude),
+                "selector": config.selector,
+                "full_refresh": config.full_refresh,
+                "threads": config.threads,
+                "dbt_args": list(config.dbt_args),
+                "run_dir": str(run_dir),
+                "target_path": str(target_path.resolve()),
+                "cache_dir": str(self._cache_dir()),
+            }
+        )
+        return worker
+
+    def _worker_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        # dbt would otherwise write a .user.yml (an anonymous id) next to the profiles.
+        env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+        env.update(self.config.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _cache_dir(self) -> Path:
+        config = self.config
+        root = Path(
+            os.environ.get(CACHE_DIR_ENV)
+            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+            / "airflow-provider-orchestra-dbt"
+        )
+        identity = "|".join(
+            [str(config.project_dir.resolve()), str(config.profiles_dir or ""), str(config.target)]
+        )
+        return root / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def _plan_report(graph: Graph, the_plan: Plan) -> RunReport:
+    return RunReport(command=the_plan.options.command, target=None, exit_code=0, graph=graph, plan=the_plan)
+
+
+def _explain(exc: WorkerError, config: DbtRunConfig) -> str:
+    where = f"dbt project {config.project_dir}"
+    if config.target:
+        where += f" (target {config.target!r})"
+    stages = {
+        "parse": f"dbt could not parse {where}",
+        "select": f"dbt rejected the selection for {where}",
+        "import": "dbt is not available to the worker",
+        "start": "the dbt worker could not start",
+    }
+    return f"{stages.get(exc.stage, f'dbt failed during {exc.stage} for {where}')}: {exc.message}"

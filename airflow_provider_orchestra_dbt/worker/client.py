@@ -1,0 +1,191 @@
+"""Parent side of the worker protocol: start, talk to and stop the dbt subprocess."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+WORKER_SCRIPT = Path(__file__).with_name("dbt_worker.py")
+EVENT_TYPES = frozenset({"node_start", "node_finished"})
+
+
+class WorkerError(RuntimeError):
+    """The worker reported a failure, or died without saying why."""
+
+    def __init__(self, stage: str, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.exit_code = exit_code
+
+
+class WorkerProcess:
+    """One dbt worker subprocess in its own process group.
+
+    dbt's console output arrives on the worker's stderr and is handed line by line to
+    ``on_output``; protocol messages arrive on stdout.
+    """
+
+    def __init__(
+        self,
+        *,
+        python: str | None,
+        env: Mapping[str, str],
+        on_output: Callable[[str], None],
+        stop_grace_seconds: float = 30.0,
+    ) -> None:
+        self._python = python or sys.executable
+        self._env = dict(env)
+        self._on_output = on_output
+        self._stop_grace = stop_grace_seconds
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr_thread: threading.Thread | None = None
+        self._tail: deque[str] = deque(maxlen=30)
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._proc = subprocess.Popen(
+                [self._python, str(WORKER_SCRIPT)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                # Own process group: stopping the task stops dbt and anything dbt started.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise WorkerError(
+                "start", f"cannot start the dbt worker with python {self._python!r}: {exc}"
+            ) from exc
+        self._stderr_thread = threading.Thread(
+            target=self._relay_stderr, name="orchestra-dbt-worker-stderr", daemon=True
+        )
+        self._stderr_thread.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _relay_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        for raw in iter(self._proc.stderr.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            if line:
+                self._tail.append(line)
+                self._on_output(line)
+
+    def stop(self) -> None:
+        """Ask dbt to cancel (SIGINT), then escalate; safe to call more than once."""
+        with self._lock:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                return
+            for sig, wait in (
+                (signal.SIGINT, self._stop_grace),
+                (signal.SIGTERM, 5.0),
+                (signal.SIGKILL, 5.0),
+            ):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    return
+                try:
+                    proc.wait(timeout=wait)
+                    return
+                except subprocess.TimeoutExpired:
+                    continue
+
+    def close(self) -> int | None:
+        """Wait for the worker to exit and return its exit code."""
+        if self._proc is None:
+            return None
+        if self._proc.stdin and not self._proc.stdin.closed:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            code = self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            code = self._proc.wait()
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=10)
+        return code
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            self._proc.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise self._died("send") from exc
+
+    def receive(
+        self, expected: str, on_event: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Read messages until one of type ``expected``; events go to ``on_event``."""
+        assert self._proc is not None and self._proc.stdout is not None
+        while True:
+            raw = self._proc.stdout.readline()
+            if not raw:
+                raise self._died(expected)
+            message: dict[str, Any] = json.loads(raw)
+            kind = message.get("type")
+            if kind in EVENT_TYPES:
+                if on_event is not None:
+                    on_event(message)
+                continue
+            if kind == "error":
+                code = self._proc.poll()
+                raise WorkerError(str(message.get("stage")), str(message.get("message")), code)
+            if kind != expected:
+                raise WorkerError("protocol", f"expected {expected!r} from the worker, got {kind!r}")
+            return message
+
+    def drain_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+        """After a stop: hand over node events the worker wrote before it exited."""
+        if self._proc is None or self._proc.stdout is None or self._proc.poll() is None:
+            return
+        for raw in self._proc.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if message.get("type") in EVENT_TYPES:
+                on_event(message)
+
+    def _died(self, stage: str) -> WorkerError:
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=5)
+        tail = "\n".join(list(self._tail)[-10:])
+        message = f"the dbt worker exited unexpectedly (exit code {code}) while waiting for {stage}"
+        if tail:
+            message += f"; its last output:\n{tail}"
+        return WorkerError(stage, message, code)
+
+
+def worker_logger_sink(logger: logging.Logger) -> Callable[[str], None]:
+    def sink(line: str) -> None:
+        logger.info("dbt | %s", line)
+
+    return sink

@@ -1,0 +1,43 @@
+"""Persisted run state: which dbt nodes were built, from what, and when.
+
+Standard library only, so it can be imported (and tested) without Airflow or
+dbt installed.
+"""
+
+from airflow_provider_orchestra_dbt.state.errors import (
+    StateConflictError,
+    StateError,
+    StateFormatError,
+)
+from airflow_provider_orchestra_dbt.state.local import (
+    DEFAULT_LOCK_TIMEOUT,
+    LocalFileStateStore,
+)
+from airflow_provider_orchestra_dbt.state.model import (
+    StateDocument,
+    StateEntries,
+    entry_timestamp,
+    format_timestamp,
+    is_newer,
+    merge_entries,
+    parse_timestamp,
+    validate_entries,
+)
+from airflow_provider_orchestra_dbt.state.store import StateStore
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "LocalFileStateStore",
+    "StateConflictError",
+    "StateDocument",
+    "StateEntries",
+    "StateError",
+    "StateFormatError",
+    "StateStore",
+    "entry_timestamp",
+    "format_timestamp",
+    "is_newer",
+    "merge_entries",
+    "parse_timestamp",
+    "validate_entries",
+]

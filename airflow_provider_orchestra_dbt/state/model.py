@@ -1,0 +1,315 @@
+"""The state document: its JSON shape, validation and the merge rule.
+
+The document looks like::
+
+    {"state": {"<key>": {"checksum": "...", "last_updated": "<ISO-8601>",
+                         "sources": {"<source unique_id>": "<ISO-8601>"}}}}
+
+which is the shape the ``dbt-orchestra`` tool writes, so either tool can read
+the other's state. Entries may carry more fields (``upstream``, ``status``,
+``execution_time``, ``run``, ``checksum_parts``, ``unique_id``); fields and
+top-level keys this version does not know about are carried through untouched
+so that a newer writer's data survives a round trip through an older one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from airflow_provider_orchestra_dbt.state.errors import StateFormatError
+
+__all__ = [
+    "StateDocument",
+    "StateEntries",
+    "entry_timestamp",
+    "format_timestamp",
+    "is_newer",
+    "merge_entries",
+    "parse_timestamp",
+    "validate_entries",
+]
+
+StateEntries = dict[str, dict[str, Any]]
+"""Entries keyed by state key (e.g. ``"db.schema.model"``)."""
+
+STATE_KEY = "state"
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse an ISO-8601 timestamp into an aware ``datetime``.
+
+    A trailing ``Z`` is accepted (the dbt-orchestra tool writes UTC that way)
+    and a value without an offset is taken to be UTC, because comparing aware
+    with naive datetimes raises and every timestamp here is compared.
+
+    Raises:
+        ValueError: ``value`` is not an ISO-8601 timestamp.
+        TypeError: ``value`` is not a string.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"timestamp must be a string, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+def format_timestamp(dt: datetime) -> str:
+    """Render ``dt`` in UTC as ISO-8601 with an explicit ``+00:00`` offset.
+
+    A naive ``dt`` is taken to be UTC, mirroring ``parse_timestamp``; calling
+    ``astimezone`` on it directly would assume the host's local zone instead.
+    """
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).isoformat()
+
+
+def entry_timestamp(entry: Mapping[str, Any]) -> datetime | None:
+    """Return an entry's ``last_updated`` time, or ``None`` if absent or unusable."""
+    value = entry.get("last_updated")
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
+
+
+def is_newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether entry ``a`` was updated strictly later than entry ``b``.
+
+    An entry without a usable ``last_updated`` counts as older than any entry
+    that has one, so a damaged timestamp can never block a real update.
+    """
+    time_a = entry_timestamp(a)
+    if time_a is None:
+        return False
+    time_b = entry_timestamp(b)
+    return time_b is None or time_a > time_b
+
+
+def merge_entries(current: StateEntries, updates: StateEntries) -> StateEntries:
+    """Merge ``updates`` into ``current`` and return the result as a new mapping.
+
+    Per key the entry with the newer ``last_updated`` wins, so a writer that
+    finishes late with stale results can never roll state back. On a tie the
+    update wins. When the update wins, stored fields it does not carry are
+    kept, so fields added by other writers or newer versions are not dropped.
+
+    Neither argument is modified, and the result shares no mutable objects with
+    them, so editing the result can never alter a document it came from.
+    """
+    merged = copy.deepcopy(current)
+    for key, update in updates.items():
+        stored = merged.get(key)
+        if stored is None:
+            merged[key] = copy.deepcopy(update)
+        elif not is_newer(stored, update):
+            merged[key] = {**stored, **copy.deepcopy(update)}
+    return merged
+
+
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    # bool before number: bool is an int subclass but a distinct JSON type.
+    (bool, "boolean"),
+    (int, "number"),
+    (float, "number"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "object"),
+)
+
+
+def _json_type(value: object) -> str:
+    # Errors describe values in JSON terms because the reader is looking at a
+    # JSON file, not at Python objects.
+    if value is None:
+        return "null"
+    for python_type, name in _JSON_TYPES:
+        if isinstance(value, python_type):
+            return name
+    return type(value).__name__
+
+
+def _check_timestamp_map(where: str, name: str, value: object) -> None:
+    if not isinstance(value, dict):
+        raise StateFormatError(
+            f"{where}: {name!r} must be an object of ISO-8601 strings, got {_json_type(value)}"
+        )
+    for item_key, item in value.items():
+        if not isinstance(item, str):
+            raise StateFormatError(
+                f"{where}: {name}[{item_key!r}] must be an ISO-8601 string, got {_json_type(item)}"
+            )
+        try:
+            parse_timestamp(item)
+        except ValueError:
+            raise StateFormatError(
+                f"{where}: {name}[{item_key!r}] must be an ISO-8601 string, got {item!r}"
+            ) from None
+
+
+def _check_required(where: str, entry: dict[str, Any]) -> None:
+    if "checksum" not in entry:
+        raise StateFormatError(f"{where}: 'checksum' is missing")
+    if not isinstance(entry["checksum"], str):
+        raise StateFormatError(
+            f"{where}: 'checksum' must be a string, got {_json_type(entry['checksum'])}"
+        )
+
+    # A missing last_updated is tolerated (the entry merely loses every merge)
+    # but a present, garbled one points at corruption worth reporting.
+    if "last_updated" in entry:
+        last_updated = entry["last_updated"]
+        if not isinstance(last_updated, str):
+            raise StateFormatError(
+                f"{where}: 'last_updated' must be an ISO-8601 string, "
+                f"got {_json_type(last_updated)}"
+            )
+        try:
+            parse_timestamp(last_updated)
+        except ValueError:
+            raise StateFormatError(
+                f"{where}: 'last_updated' must be an ISO-8601 string, got {last_updated!r}"
+            ) from None
+
+
+def _check_optional(where: str, entry: dict[str, Any]) -> None:
+    for name in ("sources", "upstream"):
+        if name in entry:
+            _check_timestamp_map(where, name, entry[name])
+
+    for name in ("status", "unique_id"):
+        if name in entry and not isinstance(entry[name], str):
+            raise StateFormatError(
+                f"{where}: {name!r} must be a string, got {_json_type(entry[name])}"
+            )
+
+    if "execution_time" in entry:
+        value = entry["execution_time"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise StateFormatError(
+                f"{where}: 'execution_time' must be a number, got {_json_type(value)}"
+            )
+
+    if "run" in entry and not isinstance(entry["run"], dict):
+        raise StateFormatError(f"{where}: 'run' must be an object, got {_json_type(entry['run'])}")
+
+    if "checksum_parts" in entry:
+        parts = entry["checksum_parts"]
+        if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
+            raise StateFormatError(f"{where}: 'checksum_parts' must be an object of strings")
+
+
+def _check_entry(origin: str, key: str, entry: object) -> None:
+    where = f"{origin}: entry {key!r}"
+    if not isinstance(entry, dict):
+        raise StateFormatError(f"{where} must be an object, got {_json_type(entry)}")
+    _check_required(where, entry)
+    _check_optional(where, entry)
+
+
+def validate_entries(entries: object, *, origin: str) -> StateEntries:
+    """Check that ``entries`` has the shape of the document's ``state`` object.
+
+    Only the fields this package relies on are checked; anything else in an
+    entry is left alone so newer writers can add fields freely.
+
+    Raises:
+        StateFormatError: naming ``origin`` and the offending entry and field.
+    """
+    if not isinstance(entries, dict):
+        raise StateFormatError(f"{origin}: 'state' must be an object, got {_json_type(entries)}")
+    for key, entry in entries.items():
+        if not isinstance(key, str):
+            raise StateFormatError(f"{origin}: entry key {key!r} must be a string")
+        _check_entry(origin, key, entry)
+    return entries
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # NaN and Infinity are Python extensions to JSON that other readers (the
+    # dbt-orchestra tool among them) reject, so they are not accepted either.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+@dataclass(frozen=True)
+class StateDocument:
+    """A parsed state document.
+
+    ``entries`` is the ``state`` object; ``extra`` holds every other top-level
+    field, kept only so it can be written back unchanged.
+    """
+
+    entries: StateEntries = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> StateDocument:
+        """A document with no entries, as used for a store that holds nothing yet."""
+        return cls(entries={}, extra={})
+
+    def merged(self, updates: StateEntries) -> StateDocument:
+        """A new document with ``updates`` applied under the merge rule."""
+        return StateDocument(
+            entries=merge_entries(self.entries, updates), extra=copy.deepcopy(self.extra)
+        )
+
+    def to_json_bytes(self) -> bytes:
+        """Serialise as UTF-8 JSON with sorted keys, so rewrites give small diffs.
+
+        Raises:
+            ValueError: a value is NaN or infinite.
+            TypeError: a value is not representable in JSON.
+        """
+        document = {**self.extra, STATE_KEY: self.entries}
+        text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+        return (text + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes, *, origin: str) -> StateDocument:
+        """Parse and validate a document.
+
+        ``origin`` describes where ``data`` came from (e.g. ``"state file
+        /x/state.json"``) and starts every error message. An empty object, or
+        input that is empty or only whitespace, is an empty state: neither
+        holds anything a rewrite could lose.
+
+        Raises:
+            StateFormatError: ``data`` is not JSON or not shaped like a document.
+        """
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise StateFormatError(f"{origin} is not valid UTF-8: {exc}") from None
+        if not text.strip():
+            return cls.empty()
+        try:
+            raw = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise StateFormatError(
+                f"{origin} is not valid JSON (line {exc.lineno} column {exc.colno}): {exc.msg}"
+            ) from None
+        except ValueError as exc:
+            raise StateFormatError(f"{origin} is not valid JSON: {exc}") from None
+
+        if not isinstance(raw, dict):
+            raise StateFormatError(
+                f"{origin}: top level must be a JSON object, got {_json_type(raw)}"
+            )
+        if not raw:
+            return cls.empty()
+        if STATE_KEY not in raw:
+            raise StateFormatError(f"{origin}: top-level 'state' object is missing")
+        entries = validate_entries(raw[STATE_KEY], origin=origin)
+        extra = {key: value for key, value in raw.items() if key != STATE_KEY}
+        return cls(entries=entries, extra=extra)

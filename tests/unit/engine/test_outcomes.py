@@ -1,0 +1,74 @@
+"""Only finished builds are recorded, with the freshness measured before the build."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
+from airflow_provider_orchestra_dbt.engine.planner import PlanOptions, Probe, SourceFreshness, plan
+from support.synthetic_graph import (
+    M1,
+    M2,
+    NOW,
+    SEED,
+    SRC_A,
+    SRC_B,
+    STG,
+    T_M1,
+    T_SPAN,
+    base_graph,
+    fingerprints,
+    key,
+)
+
+LOADED_NEW = NOW - timedelta(minutes=5)
+
+
+def run(results: dict[str, str], command: str = "build") -> dict[str, dict]:
+    graph = base_graph()
+    probe = Probe(
+        {SRC_A: SourceFreshness(LOADED_NEW), SRC_B: SourceFreshness(None, "no loaded_at_field")},
+        {},
+    )
+    options = PlanOptions(now=NOW, command=command)
+    selected = [SEED, STG, M1, M2, T_M1, T_SPAN]
+    the_plan = plan(graph, selected, {}, fingerprints(), probe, options)
+    finished = (NOW + timedelta(seconds=len(results))).isoformat()
+    node_results = {
+        uid: NodeResult(uid, status, 1.5, finished) for uid, status in results.items()
+    }
+    return dict(state_updates(graph, the_plan, node_results, {}, probe).updates)
+
+
+def test_built_nodes_record_consumed_freshness_and_upstream_times() -> None:
+    updates = run({STG: "success", M1: "success", M2: "success", SEED: "success", T_M1: "pass"})
+    stg = updates[key(STG)]
+    assert stg["sources"] == {SRC_A: LOADED_NEW.isoformat()}
+    assert stg["status"] == "success" and stg["execution_time"] == 1.5
+    # Unknown freshness is never recorded as consumed: the next run still sees it as new.
+    assert updates[key(M1)]["sources"] == {}
+    assert updates[key(M1)]["upstream"] == {key(STG): stg["last_updated"]}
+    assert set(updates[key(M2)]["upstream"]) == {key(M1), key(SEED)}
+
+
+def test_failed_and_skipped_nodes_keep_no_new_entry() -> None:
+    updates = run({STG: "success", M1: "error", M2: "skipped", SEED: "success"})
+    assert set(updates) == {key(STG), key(SEED)}
+
+
+def test_error_severity_test_failure_marks_the_tested_node() -> None:
+    updates = run({STG: "success", M1: "success", T_M1: "fail", M2: "skipped"})
+    assert updates[key(M1)]["status"] == "test_failed"
+    assert updates[key(STG)]["status"] == "success"
+    assert key(M2) not in updates
+
+
+def test_run_command_records_untested() -> None:
+    updates = run({STG: "success", M1: "success", M2: "success"}, command="run")
+    assert {e["status"] for e in updates.values()} == {"untested"}
+
+
+def test_interrupted_run_records_only_what_finished() -> None:
+    updates = run({STG: "success"})
+    assert list(updates) == [key(STG)]
+    assert datetime.fromisoformat(updates[key(STG)]["last_updated"]).tzinfo is not None

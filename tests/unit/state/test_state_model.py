@@ -1,0 +1,335 @@
+"""Timestamps, document parsing/serialisation and the merge rule."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from airflow_provider_orchestra_dbt.state import (
+    StateDocument,
+    StateEntries,
+    StateFormatError,
+    format_timestamp,
+    is_newer,
+    merge_entries,
+    parse_timestamp,
+)
+
+ORIGIN = "state file /x/state.json"
+
+ORCHESTRA_DOCUMENT = {
+    "state": {
+        "db.sch.m": {
+            "checksum": "abc",
+            "last_updated": "2025-01-01T00:00:00Z",
+            "sources": {"source.p.raw.orders": "2025-01-01T00:00:00+00:00"},
+        }
+    }
+}
+
+
+def _bytes(document: object) -> bytes:
+    return json.dumps(document).encode()
+
+
+# --- timestamps -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2025-01-01T00:00:00Z", datetime(2025, 1, 1, tzinfo=UTC)),
+        ("2025-01-01T00:00:00+00:00", datetime(2025, 1, 1, tzinfo=UTC)),
+        ("2025-01-01T00:00:00", datetime(2025, 1, 1, tzinfo=UTC)),
+        ("2025-01-01T00:00:00.123456Z", datetime(2025, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)),
+        ("2025-01-01T02:00:00+02:00", datetime(2025, 1, 1, tzinfo=UTC)),
+        ("2024-12-31T19:00:00-05:00", datetime(2025, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_parse_timestamp_is_aware_and_equal_across_notations(text: str, expected: datetime) -> None:
+    parsed = parse_timestamp(text)
+    assert parsed.tzinfo is not None
+    assert parsed == expected
+
+
+def test_parse_timestamp_keeps_the_given_offset() -> None:
+    parsed = parse_timestamp("2025-01-01T02:00:00+02:00")
+    assert parsed.utcoffset() == timedelta(hours=2)
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2025-13-01T00:00:00Z", "1735689600"])
+def test_parse_timestamp_rejects_non_iso(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO-8601"):
+        parse_timestamp(text)
+
+
+@pytest.mark.parametrize(
+    ("dt", "expected"),
+    [
+        (datetime(2025, 1, 1, tzinfo=UTC), "2025-01-01T00:00:00+00:00"),
+        (datetime(2025, 1, 1), "2025-01-01T00:00:00+00:00"),
+        (
+            datetime(2025, 1, 1, 2, 0, tzinfo=timezone(timedelta(hours=2))),
+            "2025-01-01T00:00:00+00:00",
+        ),
+        (datetime(2025, 1, 1, 0, 0, 0, 500, tzinfo=UTC), "2025-01-01T00:00:00.000500+00:00"),
+    ],
+)
+def test_format_timestamp_renders_utc(dt: datetime, expected: str) -> None:
+    assert format_timestamp(dt) == expected
+
+
+def test_format_then_parse_round_trips() -> None:
+    now = datetime.now(UTC)
+    assert parse_timestamp(format_timestamp(now)) == now
+
+
+# --- documents ------------------------------------------------------------
+
+
+def test_orchestra_document_loads() -> None:
+    document = StateDocument.from_json_bytes(_bytes(ORCHESTRA_DOCUMENT), origin=ORIGIN)
+    assert document.entries == ORCHESTRA_DOCUMENT["state"]
+    assert document.extra == {}
+
+
+def test_round_trip_preserves_unknown_top_level_and_entry_fields() -> None:
+    raw: dict[str, Any] = copy.deepcopy(ORCHESTRA_DOCUMENT)
+    raw["source_relation_types"] = {"DB.raw.orders": "view"}
+    raw["version"] = 7
+    entry = raw["state"]["db.sch.m"]
+    entry["future_field"] = {"nested": [1, 2, 3]}
+    entry.update(
+        upstream={"db.sch.parent": "2025-01-01T00:00:00+00:00"},
+        status="success",
+        execution_time=1.5,
+        run={"run_id": "manual__1", "try": 2},
+        checksum_parts={"sql": "x", "config": "y"},
+        unique_id="model.p.m",
+    )
+
+    document = StateDocument.from_json_bytes(_bytes(raw), origin=ORIGIN)
+    assert document.extra == {"source_relation_types": {"DB.raw.orders": "view"}, "version": 7}
+    again = StateDocument.from_json_bytes(document.to_json_bytes(), origin=ORIGIN)
+    assert json.loads(again.to_json_bytes()) == raw
+
+
+def test_to_json_bytes_is_sorted_indented_utf8_with_trailing_newline() -> None:
+    document = StateDocument(
+        entries={"b": {"checksum": "é", "last_updated": "2025-01-01T00:00:00+00:00"}},
+        extra={"z": 1, "a": 2},
+    )
+    data = document.to_json_bytes()
+    assert data.endswith(b"}\n")
+    assert "é".encode() in data
+    text = data.decode("utf-8")
+    assert text == json.dumps(json.loads(text), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    assert text.index('"a"') < text.index('"state"') < text.index('"z"')
+
+
+@pytest.mark.parametrize("data", [b"{}", b"", b"  \n", b'{"state": {}}'])
+def test_empty_documents_are_empty_state(data: bytes) -> None:
+    document = StateDocument.from_json_bytes(data, origin=ORIGIN)
+    assert document.entries == {}
+
+
+def test_utf8_bom_is_tolerated() -> None:
+    data = b"\xef\xbb\xbf" + _bytes(ORCHESTRA_DOCUMENT)
+    assert StateDocument.from_json_bytes(data, origin=ORIGIN).entries == ORCHESTRA_DOCUMENT["state"]
+
+
+def test_entry_without_last_updated_loads() -> None:
+    raw = {"state": {"k": {"checksum": "abc"}}}
+    assert StateDocument.from_json_bytes(_bytes(raw), origin=ORIGIN).entries == raw["state"]
+
+
+def _with_entry(**fields: object) -> bytes:
+    entry: dict[str, Any] = {"checksum": "abc", "last_updated": "2025-01-01T00:00:00Z"}
+    entry.update(fields)
+    return _bytes({"state": {"db.main.orders": entry}})
+
+
+INVALID_DOCUMENTS: list[tuple[str, bytes, str]] = [
+    ("not-json", b'{"state": {\n  "a": ,\n}', "is not valid JSON (line 2 column"),
+    ("truncated", b'{"state": {"a": {"checksum": "x"', "is not valid JSON"),
+    ("nan", b'{"state": {}, "x": NaN}', "is not valid JSON: non-standard JSON constant NaN"),
+    ("not-utf8", b'{"state": {"\xff": 1}}', "is not valid UTF-8"),
+    ("top-level-array", b"[]", "top level must be a JSON object, got array"),
+    ("top-level-string", b'"state"', "top level must be a JSON object, got string"),
+    ("state-missing", b'{"version": 1}', "'state' object is missing"),
+    ("state-array", b'{"state": []}', "'state' must be an object, got array"),
+    ("state-null", b'{"state": null}', "'state' must be an object, got null"),
+    ("entry-string", b'{"state": {"db.main.orders": "abc"}}', "entry 'db.main.orders' must be"),
+    ("checksum-missing", _bytes({"state": {"db.main.orders": {}}}), "'checksum' is missing"),
+    ("checksum-number", _with_entry(checksum=3), "'checksum' must be a string, got number"),
+    ("checksum-null", _with_entry(checksum=None), "'checksum' must be a string, got null"),
+    (
+        "last-updated-number",
+        _with_entry(last_updated=1735689600),
+        "entry 'db.main.orders': 'last_updated' must be an ISO-8601 string, got number",
+    ),
+    (
+        "last-updated-garbage",
+        _with_entry(last_updated="yesterday"),
+        "entry 'db.main.orders': 'last_updated' must be an ISO-8601 string, got 'yesterday'",
+    ),
+    ("sources-array", _with_entry(sources=["a"]), "'sources' must be an object"),
+    (
+        "sources-value-number",
+        _with_entry(sources={"source.p.raw.orders": 5}),
+        "sources['source.p.raw.orders'] must be an ISO-8601 string, got number",
+    ),
+    (
+        "sources-value-garbage",
+        _with_entry(sources={"source.p.raw.orders": "soon"}),
+        "sources['source.p.raw.orders'] must be an ISO-8601 string, got 'soon'",
+    ),
+    ("upstream-string", _with_entry(upstream="x"), "'upstream' must be an object"),
+    (
+        "upstream-value-null",
+        _with_entry(upstream={"db.main.parent": None}),
+        "upstream['db.main.parent'] must be an ISO-8601 string, got null",
+    ),
+    ("status-number", _with_entry(status=1), "'status' must be a string"),
+    ("unique-id-array", _with_entry(unique_id=[]), "'unique_id' must be a string"),
+    ("execution-time-string", _with_entry(execution_time="1s"), "'execution_time' must be a num"),
+    ("execution-time-bool", _with_entry(execution_time=True), "'execution_time' must be a num"),
+    ("run-array", _with_entry(run=[]), "'run' must be an object"),
+    ("checksum-parts-mixed", _with_entry(checksum_parts={"a": 1}), "'checksum_parts' must be"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [pytest.param(data, problem, id=name) for name, data, problem in INVALID_DOCUMENTS],
+)
+def test_invalid_documents_raise_naming_origin_and_problem(data: bytes, problem: str) -> None:
+    with pytest.raises(StateFormatError) as info:
+        StateDocument.from_json_bytes(data, origin=ORIGIN)
+    message = str(info.value)
+    assert message.startswith(ORIGIN)
+    assert problem in message
+
+
+def test_merged_document_keeps_extra_and_does_not_mutate_original() -> None:
+    document = StateDocument.from_json_bytes(
+        _bytes({**ORCHESTRA_DOCUMENT, "version": 1}), origin=ORIGIN
+    )
+    before = copy.deepcopy(document)
+    update = {"new": {"checksum": "n", "last_updated": "2025-02-01T00:00:00Z"}}
+    merged = document.merged(update)
+    assert merged.extra == {"version": 1}
+    assert set(merged.entries) == {"db.sch.m", "new"}
+    assert document == before
+
+
+# --- merge rule -----------------------------------------------------------
+
+T0 = "2025-01-01T00:00:00+00:00"
+T1 = "2025-01-01T01:00:00+00:00"
+T1_OTHER_ZONE = "2025-01-01T03:00:00+02:00"  # same instant as T1
+
+
+def _entry(checksum: str, last_updated: str | None, **fields: object) -> dict[str, Any]:
+    entry: dict[str, Any] = {"checksum": checksum, **fields}
+    if last_updated is not None:
+        entry["last_updated"] = last_updated
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("stored", "update", "expected"),
+    [
+        pytest.param(
+            _entry("old", T0),
+            _entry("new", T1),
+            _entry("new", T1),
+            id="newer-update-wins",
+        ),
+        pytest.param(
+            _entry("new", T1),
+            _entry("old", T0),
+            _entry("new", T1),
+            id="older-update-never-replaces",
+        ),
+        pytest.param(
+            _entry("stored", T1),
+            _entry("update", T1_OTHER_ZONE),
+            _entry("update", T1_OTHER_ZONE),
+            id="tie-across-zones-update-wins",
+        ),
+        pytest.param(
+            _entry("stored", T1),
+            _entry("update", T1),
+            _entry("update", T1),
+            id="tie-update-wins",
+        ),
+        pytest.param(
+            _entry("old", T0, future={"x": 1}, status="success"),
+            _entry("new", T1, status="test_failed"),
+            _entry("new", T1, future={"x": 1}, status="test_failed"),
+            id="unknown-stored-fields-kept",
+        ),
+        pytest.param(
+            _entry("stored", None),
+            _entry("update", T0),
+            _entry("update", T0),
+            id="stored-missing-timestamp-is-oldest",
+        ),
+        pytest.param(
+            _entry("stored", "garbage"),
+            _entry("update", T0),
+            _entry("update", T0),
+            id="stored-unparseable-timestamp-is-oldest",
+        ),
+        pytest.param(
+            _entry("stored", T0),
+            _entry("update", None),
+            _entry("stored", T0),
+            id="update-missing-timestamp-loses",
+        ),
+        pytest.param(
+            _entry("stored", None, keep=1),
+            _entry("update", None),
+            _entry("update", None, keep=1),
+            id="both-missing-is-a-tie",
+        ),
+    ],
+)
+def test_merge_rule(
+    stored: dict[str, Any], update: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    current: StateEntries = {"k": stored, "untouched": _entry("u", T0)}
+    merged = merge_entries(current, {"k": update})
+    assert merged == {"k": expected, "untouched": _entry("u", T0)}
+
+
+def test_merge_adds_new_keys() -> None:
+    merged = merge_entries({"a": _entry("a", T0)}, {"b": _entry("b", T0)})
+    assert merged == {"a": _entry("a", T0), "b": _entry("b", T0)}
+
+
+def test_merge_is_pure() -> None:
+    current: StateEntries = {"k": _entry("old", T0, sources={"s": T0})}
+    updates: StateEntries = {"k": _entry("new", T1, sources={"s": T1}), "n": _entry("n", T0)}
+    current_before, updates_before = copy.deepcopy(current), copy.deepcopy(updates)
+
+    merged = merge_entries(current, updates)
+    merged["k"]["sources"]["s"] = "mutated"
+    merged["n"]["checksum"] = "mutated"
+
+    assert current == current_before
+    assert updates == updates_before
+
+
+def test_is_newer() -> None:
+    assert is_newer(_entry("a", T1), _entry("b", T0))
+    assert not is_newer(_entry("a", T0), _entry("b", T1))
+    assert not is_newer(_entry("a", T1), _entry("b", T1_OTHER_ZONE))
+    assert is_newer(_entry("a", T0), _entry("b", None))
+    assert not is_newer(_entry("a", None), _entry("b", T0))
+    assert not is_newer(_entry("a", None), _entry("b", None))

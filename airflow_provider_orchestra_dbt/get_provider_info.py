@@ -1,0 +1,142 @@
+"""Provider metadata read by Airflow's ProvidersManager (``apache_airflow_provider`` entry point).
+
+This module must stay cheap to import: Airflow calls :func:`get_provider_info` while
+discovering providers (CLI, scheduler, API server), long before any task runs. It must not
+import dbt, boto3, requests or the hook module.
+
+Connection form (Airflow >= 3.2)
+--------------------------------
+The Airflow 3 connections UI renders the form for a connection type purely from the
+declarative ``conn-fields`` and ``ui-field-behaviour`` keys below (``ProvidersManager``
+turns them into ``connection_form_widgets`` / ``field_behaviours`` without importing the
+hook). Values of ``conn-fields`` are stored under their bare names in ``Connection.extra``;
+:class:`~airflow_provider_orchestra_dbt.hooks.orchestra_dbt.StateConnectionConfig` reads them
+from ``conn.extra_dejson``. A conn-field is treated as sensitive (masked input,
+``ConnectionFormWidgetInfo.is_sensitive``) when its schema has ``"format": "password"``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from airflow_provider_orchestra_dbt import __version__
+
+PACKAGE_NAME = "airflow-provider-orchestra-dbt"
+CONN_TYPE = "orchestra_dbt"
+HOOK_CLASS_NAME = "airflow_provider_orchestra_dbt.hooks.orchestra_dbt.OrchestraDbtHook"
+
+# The first value of each tuple is the default.
+BACKENDS: tuple[str, ...] = ("local", "http", "s3")
+ORCHESTRA_ENVS: tuple[str, ...] = ("app", "stage", "dev")
+DEFAULT_TIMEOUT_SECONDS = 30
+
+
+def _optional_string(label: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "label": label,
+        "description": description,
+        "schema": {"type": ["string", "null"], **schema},
+    }
+
+
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "backend": {
+        "label": "State backend",
+        "description": (
+            "Where dbt state is kept: 'local' (a JSON file on a disk every worker can reach), "
+            "'http' (the Orchestra state API) or 's3' (an object in S3 or an S3-compatible store)."
+        ),
+        "schema": {"type": "string", "enum": list(BACKENDS), "default": BACKENDS[0]},
+    },
+    "orchestra_env": {
+        "label": "Orchestra environment",
+        "description": "Orchestra environment for the 'http' backend. Ignored if Base URL is set.",
+        "schema": {"type": "string", "enum": list(ORCHESTRA_ENVS), "default": ORCHESTRA_ENVS[0]},
+    },
+    "base_url": _optional_string(
+        "Base URL",
+        "Optional Orchestra API base URL ('http' backend); overrides Orchestra environment.",
+    ),
+    "state_uri": _optional_string(
+        "State URI",
+        "'local': path of the state JSON file (e.g. /shared/orchestra/state.json, '~' allowed). "
+        "'s3': s3://bucket/key of the state object. Not used by 'http'.",
+    ),
+    "region_name": _optional_string("AWS region", "AWS region of the bucket ('s3' backend)."),
+    "endpoint_url": _optional_string(
+        "S3 endpoint URL",
+        "Custom endpoint for S3-compatible stores such as MinIO or R2 ('s3' backend).",
+    ),
+    "aws_conn_id": _optional_string(
+        "AWS connection id",
+        "Airflow AWS connection to take S3 credentials from ('s3' backend). Alternatively put an "
+        "access key id in Login and the secret in 'AWS secret access key'.",
+    ),
+    "aws_secret_access_key": _optional_string(
+        "AWS secret access key",
+        "Secret for the access key id given in Login ('s3' backend, only without AWS connection "
+        "id). Masked in the UI and in logs.",
+        format="password",
+    ),
+    "integration_account_id": _optional_string(
+        "Integration account id",
+        "Optional prefix for state keys, so several dbt projects or accounts can share one store.",
+    ),
+    "timeout": {
+        "label": "Timeout (seconds)",
+        "description": "Request timeout in seconds for the 'http' and 's3' backends.",
+        "schema": {
+            "type": ["number", "null"],
+            "default": DEFAULT_TIMEOUT_SECONDS,
+            "minimum": 1,
+        },
+    },
+}
+
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["host", "schema", "port"],
+    "relabeling": {
+        "login": "AWS access key id",
+        "password": "API key",
+    },
+    "placeholders": {
+        "login": "s3 backend only, when no AWS connection id is given",
+        "password": "Orchestra API key (http backend)",
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider metadata Airflow's ProvidersManager expects."""
+    return {
+        "package-name": PACKAGE_NAME,
+        "name": "Orchestra dbt",
+        "description": (
+            "Run dbt Core from Airflow and rebuild only what changed, reusing persisted dbt "
+            "state (state-aware orchestration)."
+        ),
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Orchestra dbt",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Orchestra dbt",
+                "python-modules": ["airflow_provider_orchestra_dbt.hooks.orchestra_dbt"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": CONN_TYPE,
+                "hook-class-name": HOOK_CLASS_NAME,
+                "hook-name": "Orchestra dbt state",
+                # Deep copies: callers (and Airflow) get their own mutable structures.
+                "conn-fields": copy.deepcopy(CONN_FIELDS),
+                "ui-field-behaviour": copy.deepcopy(UI_FIELD_BEHAVIOUR),
+            }
+        ],
+    }

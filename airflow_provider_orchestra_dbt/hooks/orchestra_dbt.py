@@ -1,0 +1,336 @@
+"""Hook for the ``orchestra_dbt`` connection: where dbt state is kept and how to reach it.
+
+The connection form is declared in
+:mod:`airflow_provider_orchestra_dbt.get_provider_info` (``conn-fields`` /
+``ui-field-behaviour``); custom fields arrive here under their bare names in
+``Connection.extra``. Standard fields used:
+
+* ``password`` -- Orchestra API key (``http`` backend), labelled "API key" in the UI;
+* ``login`` -- AWS access key id (``s3`` backend, only without ``aws_conn_id``), with the
+  secret in the sensitive ``aws_secret_access_key`` extra field.
+
+Only the ``local`` backend is implemented; ``http`` and ``s3`` parse and validate but
+:meth:`OrchestraDbtHook.get_state_store` raises :class:`NotImplementedError` for them (see
+``_http_state_store`` / ``_s3_state_store``).
+
+Secrets (API key, AWS keys) are kept out of ``repr`` and are never put into exception
+messages or log lines; messages built from other text are passed through
+:meth:`StateConnectionConfig.redact` as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+from airflow.sdk import BaseHook
+
+# Single source of truth for the allowed values: the connection form declaration.
+from airflow_provider_orchestra_dbt.get_provider_info import (
+    BACKENDS,
+    CONN_TYPE,
+    DEFAULT_TIMEOUT_SECONDS,
+    ORCHESTRA_ENVS,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+    from airflow_provider_orchestra_dbt.state import StateStore
+
+DEFAULT_BACKEND: Final = BACKENDS[0]
+DEFAULT_ORCHESTRA_ENV: Final = ORCHESTRA_ENVS[0]
+DEFAULT_TIMEOUT: Final = float(DEFAULT_TIMEOUT_SECONDS)
+
+_REDACTED: Final = "***"
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    # Longest first, so a secret that contains another one is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+class _ConfigError(ValueError):
+    """Invalid connection configuration (a ``ValueError``); message names the connection."""
+
+
+@dataclass(frozen=True)
+class StateConnectionConfig:
+    """Settings of an ``orchestra_dbt`` connection, parsed and validated.
+
+    Build with :meth:`from_connection`. Secret fields are excluded from ``repr``.
+    """
+
+    conn_id: str
+    backend: str = DEFAULT_BACKEND
+    orchestra_env: str = DEFAULT_ORCHESTRA_ENV
+    base_url: str | None = None
+    state_uri: str | None = None
+    region_name: str | None = None
+    endpoint_url: str | None = None
+    aws_conn_id: str | None = None
+    integration_account_id: str | None = None
+    """Optional prefix for state keys (lets several projects/accounts share one store)."""
+    timeout: float = DEFAULT_TIMEOUT
+    """Seconds; for network backends (``http``, ``s3``)."""
+    api_key: str | None = field(default=None, repr=False)
+    aws_access_key_id: str | None = field(default=None, repr=False)
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_connection(cls, conn: Connection) -> StateConnectionConfig:
+        """Parse ``conn`` (custom fields from ``conn.extra_dejson``, bare keys).
+
+        Raises:
+            ValueError: a field is invalid; the message names the connection id and never
+                contains a secret value.
+        """
+        conn_id = str(conn.conn_id)
+        raw_extra = conn.extra_dejson
+        extra: Mapping[str, Any] = raw_extra if isinstance(raw_extra, Mapping) else {}
+        secrets = tuple(
+            value
+            for value in (conn.password, conn.login, extra.get("aws_secret_access_key"))
+            if isinstance(value, str) and value
+        )
+        try:
+            return cls._parse(conn_id, conn, extra, secrets)
+        except _ConfigError as exc:
+            # Messages quote only non-secret fields, each redacted before quoting (in case a
+            # secret was pasted into the wrong field); redact the whole text once more.
+            raise ValueError(_redact(str(exc), secrets)) from None
+
+    @classmethod
+    def _parse(
+        cls,
+        conn_id: str,
+        conn: Connection,
+        extra: Mapping[str, Any],
+        secrets: tuple[str, ...],
+    ) -> StateConnectionConfig:
+        def fail(message: str) -> NoReturn:
+            raise _ConfigError(f"Connection {conn_id!r}: {message}")
+
+        def quote(value: object) -> str:
+            # Redact before repr(): repr() escapes characters, which would defeat a later
+            # substring redaction of a secret containing quotes or backslashes.
+            return repr(_redact(value, secrets)) if isinstance(value, str) else repr(value)
+
+        def text(name: str, *, allow_int: bool = False) -> str | None:
+            value = extra.get(name)
+            if value is None:
+                return None
+            if allow_int and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            if not isinstance(value, str):
+                fail(f"extra field {name!r} must be a string, got {type(value).__name__}")
+            return value.strip() or None
+
+        def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+            value = text(name)
+            if value is None:
+                return default
+            if value.lower() not in allowed:
+                # Quote the value as given (not lower-cased) so redaction still matches it.
+                fail(f"unknown {name} {quote(value)}; allowed values: {', '.join(allowed)}")
+            return value.lower()
+
+        backend = choice("backend", BACKENDS, DEFAULT_BACKEND)
+        orchestra_env = choice("orchestra_env", ORCHESTRA_ENVS, DEFAULT_ORCHESTRA_ENV)
+
+        raw_timeout = extra.get("timeout")
+        timeout = DEFAULT_TIMEOUT
+        if isinstance(raw_timeout, str) and not raw_timeout.strip():
+            raw_timeout = None
+        if raw_timeout is not None:
+            try:
+                if isinstance(raw_timeout, bool):
+                    raise TypeError
+                timeout = float(raw_timeout)
+            except (TypeError, ValueError):
+                fail(f"'timeout' must be a number of seconds, got {quote(raw_timeout)}")
+            if not math.isfinite(timeout) or timeout <= 0:
+                fail(f"'timeout' must be a positive number of seconds, got {quote(raw_timeout)}")
+
+        state_uri = text("state_uri")
+        base_url = text("base_url")
+        if backend == "local" and state_uri is None:
+            fail(
+                "backend 'local' needs 'state_uri' set to the path of the state JSON file "
+                "(e.g. /shared/orchestra/state.json)"
+            )
+        if backend == "s3" and not _is_s3_uri(state_uri):
+            fail("backend 's3' needs 'state_uri' of the form s3://bucket/key")
+        if base_url is not None and not base_url.startswith(("http://", "https://")):
+            fail("'base_url' must start with http:// or https://")
+
+        login = conn.login.strip() if isinstance(conn.login, str) and conn.login.strip() else None
+        return cls(
+            conn_id=conn_id,
+            backend=backend,
+            orchestra_env=orchestra_env,
+            base_url=base_url,
+            state_uri=state_uri,
+            region_name=text("region_name"),
+            endpoint_url=text("endpoint_url"),
+            aws_conn_id=text("aws_conn_id"),
+            integration_account_id=text("integration_account_id", allow_int=True),
+            timeout=timeout,
+            api_key=conn.password or None,
+            aws_access_key_id=login,
+            aws_secret_access_key=text("aws_secret_access_key"),
+        )
+
+    @property
+    def local_path(self) -> Path:
+        """``state_uri`` as a path, ``~`` expanded (``local`` backend)."""
+        if self.state_uri is None:
+            raise ValueError(f"Connection {self.conn_id!r}: 'state_uri' is not set")
+        return Path(self.state_uri).expanduser()
+
+    def redact(self, text: str) -> str:
+        """Return ``text`` with every secret of this connection replaced by ``***``."""
+        secrets = (self.api_key, self.aws_access_key_id, self.aws_secret_access_key)
+        return _redact(text, tuple(s for s in secrets if s))
+
+
+def _is_s3_uri(uri: str | None) -> bool:
+    if uri is None or not uri.startswith("s3://"):
+        return False
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bool(bucket) and bool(key) and not key.endswith("/")
+
+
+class OrchestraDbtHook(BaseHook):
+    """Resolve an ``orchestra_dbt`` connection into a dbt :class:`StateStore`.
+
+    :param orchestra_dbt_conn_id: id of an ``orchestra_dbt`` connection.
+    """
+
+    conn_name_attr = "orchestra_dbt_conn_id"
+    default_conn_name = "orchestra_dbt_default"
+    conn_type = CONN_TYPE
+    hook_name = "Orchestra dbt state"
+
+    def __init__(self, orchestra_dbt_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.orchestra_dbt_conn_id = orchestra_dbt_conn_id
+
+    @cached_property
+    def config(self) -> StateConnectionConfig:
+        """The parsed connection (looked up on first access, then cached)."""
+        return StateConnectionConfig.from_connection(
+            self.get_connection(self.orchestra_dbt_conn_id)
+        )
+
+    def get_conn(self) -> StateStore:
+        """Alias of :meth:`get_state_store` (the generic hook API)."""
+        return self.get_state_store()
+
+    def get_state_store(self) -> StateStore:
+        """Return the state store the connection points at.
+
+        Raises:
+            ValueError: the connection is misconfigured.
+            NotImplementedError: the backend is ``http`` or ``s3`` (planned).
+        """
+        config = self.config
+        if config.backend == "local":
+            return self._local_state_store(config)
+        if config.backend == "http":
+            return self._http_state_store(config)
+        if config.backend == "s3":
+            return self._s3_state_store(config)
+        # Unreachable: from_connection validates the backend.
+        raise ValueError(f"Connection {config.conn_id!r}: unknown backend {config.backend!r}")
+
+    @staticmethod
+    def _local_state_store(config: StateConnectionConfig) -> StateStore:
+        from airflow_provider_orchestra_dbt.state import LocalFileStateStore
+
+        return LocalFileStateStore(config.local_path)
+
+    @staticmethod
+    def _http_state_store(config: StateConnectionConfig) -> StateStore:
+        # Seam for the Orchestra state API client (uses api_key, base_url / orchestra_env,
+        # timeout, integration_account_id). Import requests lazily when implementing.
+        raise NotImplementedError(
+            f"Connection {config.conn_id!r}: the 'http' state backend is not implemented yet "
+            "(planned); use backend 'local' for now"
+        )
+
+    @staticmethod
+    def _s3_state_store(config: StateConnectionConfig) -> StateStore:
+        # Seam for the S3 store (state_uri, region_name, endpoint_url, aws_conn_id or
+        # aws_access_key_id / aws_secret_access_key, timeout). Import boto3 lazily.
+        raise NotImplementedError(
+            f"Connection {config.conn_id!r}: the 's3' state backend is not implemented yet "
+            "(planned); use backend 'local' for now"
+        )
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the connection by reading the state it points at; never raises."""
+        try:
+            config = self.config
+        except Exception as exc:
+            # from_connection already redacts; a lookup failure carries no secret.
+            return False, str(exc) or type(exc).__name__
+        try:
+            if config.backend == "local":
+                return self._test_local(config)
+            store = self.get_state_store()
+            document = store.load()
+            return True, f"{store.description}: {_count(len(document.entries))}"
+        except Exception as exc:
+            return False, config.redact(str(exc) or type(exc).__name__)
+
+    def _test_local(self, config: StateConnectionConfig) -> tuple[bool, str]:
+        from airflow_provider_orchestra_dbt.state import StateError
+
+        path = config.local_path
+        # The store follows symlinks; check the file it will really read and replace.
+        target = Path(os.path.realpath(path))
+        try:
+            if target.is_dir():
+                return False, f"local state path {path} is a directory, not a file"
+            if not target.exists():
+                return _describe_missing_local_file(path, target)
+            document = self._local_state_store(config).load()
+        except StateError as exc:
+            # State errors already name the file ("state file /x/state.json is not ...").
+            return False, config.redact(str(exc))
+        except OSError as exc:
+            return False, config.redact(f"cannot read local state file {path}: {exc}")
+        return True, f"local state file {path}: {_count(len(document.entries))}"
+
+
+def _count(entries: int) -> str:
+    return f"{entries:,} {'entry' if entries == 1 else 'entries'}"
+
+
+def _describe_missing_local_file(path: Path, target: Path) -> tuple[bool, str]:
+    directory = target.parent
+    if directory.is_dir():
+        if os.access(directory, os.W_OK | os.X_OK):
+            return True, f"no state file yet at {path}; directory is writable"
+        return False, f"no state file yet at {path} and directory {directory} is not writable"
+    # The store creates missing parent directories on first save.
+    ancestor = directory
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.is_dir() and os.access(ancestor, os.W_OK | os.X_OK):
+        return True, (
+            f"no state file yet at {path}; directory {directory} does not exist yet and will be "
+            "created on first save"
+        )
+    return False, (
+        f"no state file yet at {path}; directory {directory} does not exist and cannot be "
+        f"created ({ancestor} is not a writable directory)"
+    )

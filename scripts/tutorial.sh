@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run the tutorial DAG end to end on the embedded defaults: DuckDB warehouse, local-file state,
+# Airflow's SQLite database. No server to start. Safe to run again: the second run reuses.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+uv sync --frozen --extra duckdb --quiet
+
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$PWD/.airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$PWD/dags"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export TUTORIAL_DUCKDB_PATH="${TUTORIAL_DUCKDB_PATH:-$AIRFLOW_HOME/tutorial.duckdb}"
+mkdir -p "$AIRFLOW_HOME"
+
+uv run --frozen airflow db migrate >/dev/null
+echo "== run 1: builds what is new or changed (everything, the first time)"
+uv run --frozen airflow dags test orchestra_dbt_tutorial
+echo "== run 2: nothing changed, so every model is reused"
+uv run --frozen airflow dags test orchestra_dbt_tutorial
+echo "State: $AIRFLOW_HOME/orchestra_dbt/state.json  Warehouse: $TUTORIAL_DUCKDB_PATH"
+echo "Try: uv run python tutorial/land_data.py --source orders && bash scripts/tutorial.sh"

@@ -1,0 +1,208 @@
+"""A copy of the tutorial project with its own DuckDB warehouse and state file, for one test.
+
+The warehouse is built once per session (``Baseline``) and copied per test (``Workspace``):
+copying a file is much cheaper than a cold dbt build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from airflow_provider_orchestra_dbt import cli
+
+REPO = Path(__file__).resolve().parents[2]
+TUTORIAL = REPO / "tutorial"
+IGNORED = shutil.ignore_patterns(".warehouse", "target", "logs", "dbt_packages", ".user.yml", "__pycache__")
+DB_NAME = "tutorial.duckdb"
+STATEFUL = {
+    "country_codes", "stg_countries", "stg_customers", "stg_orders", "stg_payments",
+    "int_orders_enriched", "int_customer_orders", "fct_orders", "fct_daily_revenue",
+    "dim_customers", "mart_country_revenue", "mart_customer_revenue", "mart_payment_methods",
+    "mart_order_status", "customers_snapshot",
+}  # fmt: skip
+
+
+def land_data() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("tutorial_land_data", TUTORIAL / "land_data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its content hash: 'byte-identical' made checkable."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def short(unique_id: str) -> str:
+    """Node name: the last part of a unique_id, or the third for tests (they end in a hash)."""
+    parts = unique_id.split(".")
+    return parts[2] if parts[0] in ("test", "unit_test") else parts[-1]
+
+
+class Workspace:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.project = root / "project"
+        self.warehouse = root / "warehouse" / DB_NAME
+        self.state_file = root / "state.json"
+        self.reports = 0
+
+    @contextmanager
+    def env(self) -> Iterator[None]:
+        saved = os.environ.get("TUTORIAL_DUCKDB_PATH")
+        os.environ["TUTORIAL_DUCKDB_PATH"] = str(self.warehouse)
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("TUTORIAL_DUCKDB_PATH", None)
+            else:
+                os.environ["TUTORIAL_DUCKDB_PATH"] = saved
+
+    def run(self, command: str = "build", *args: str, expect_exit: int | None = 0) -> dict[str, Any]:
+        """Run the CLI in-process; the project directory must come out byte-identical."""
+        self.reports += 1
+        report_path = self.root / f"report-{self.reports}.json"
+        before = tree_digest(self.project)
+        argv = [
+            command,
+            "--project-dir", str(self.project),
+            "--profiles-dir", str(self.project),
+            "--state-file", str(self.state_file),
+            "--report", str(report_path),
+            *args,
+        ]  # fmt: skip
+        with self.env():
+            code = cli.main(argv)
+        assert tree_digest(self.project) == before, "a run modified the dbt project"
+        if expect_exit is not None:
+            assert code == expect_exit, f"exit code {code}, expected {expect_exit}"
+        report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {}
+        report["exit_code_seen"] = code
+        return report
+
+    # -- the warehouse --------------------------------------------------------------------------
+
+    def append(self, source: str, rows: int = 3) -> None:
+        with self.env():
+            land_data().append_rows(source, rows)
+
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        import duckdb
+
+        con = duckdb.connect(str(self.warehouse))
+        try:
+            return con.execute(statement).fetchall()
+        finally:
+            con.close()
+
+    def tables(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Contents of every table dbt manages (sorted rows), to prove 'unchanged'."""
+        import duckdb
+
+        con = duckdb.connect(str(self.warehouse), read_only=True)
+        try:
+            names = con.execute(
+                "select table_schema, table_name from information_schema.tables "
+                "where table_schema <> 'raw' order by 1, 2"
+            ).fetchall()
+            return {
+                f"{s}.{t}": sorted(con.execute(f'select * from "{s}"."{t}"').fetchall(), key=repr)
+                for s, t in names
+            }
+        finally:
+            con.close()
+
+    # -- the project and the state --------------------------------------------------------------
+
+    def edit(self, relative: str, old: str, new: str) -> None:
+        path = self.project / relative
+        text = path.read_text()
+        assert old in text, f"{old!r} not in {relative}"
+        path.write_text(text.replace(old, new, 1))
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        entries: dict[str, dict[str, Any]] = json.loads(self.state_file.read_text())["state"]
+        return entries
+
+    def entry(self, name: str) -> dict[str, Any]:
+        matches = [e for k, e in self.state().items() if k.endswith(f".{name}")]
+        assert len(matches) == 1, f"{name}: {len(matches)} entries"
+        return matches[0]
+
+    def set_built_at(self, when: datetime, *names: str) -> None:
+        """Pretend nodes were last built at ``when``, consistently for their consumers.
+
+        With no names, every entry moves; consumers' ``upstream`` records move with it so
+        nothing looks newer than what was consumed.
+        """
+        document = json.loads(self.state_file.read_text())
+        entries = document["state"]
+        moved = {k for k, e in entries.items() if not names or short(e["unique_id"]) in names}
+        stamp = when.isoformat()
+        for k in moved:
+            entries[k]["last_updated"] = stamp
+        for entry in entries.values():
+            for parent in entry.get("upstream", {}):
+                if parent in moved:
+                    entry["upstream"][parent] = stamp
+        self.state_file.write_text(json.dumps(document, indent=2))
+
+
+def built(report: dict[str, Any]) -> set[str]:
+    return {short(u) for u in report["built"]}
+
+
+def decisions(report: dict[str, Any], kind: str = "build") -> dict[str, str]:
+    return {
+        short(n["unique_id"]): n["reason"]
+        for n in report["nodes"]
+        if n["decision"] == kind and n["resource_type"] not in ("test", "unit_test")
+    }
+
+
+def executed_tests(report: dict[str, Any]) -> set[str]:
+    return {
+        n["unique_id"]
+        for n in report["nodes"]
+        if n["resource_type"] in ("test", "unit_test") and n["decision"] == "build"
+    }
+
+
+def day_ago() -> datetime:
+    return datetime.now(UTC) - timedelta(days=1)
+
+
+class Baseline:
+    """The tutorial with raw data landed and a first full build recorded in its state."""
+
+    def __init__(self, root: Path) -> None:
+        self.workspace = Workspace(root)
+        shutil.copytree(TUTORIAL, self.workspace.project, ignore=IGNORED)
+        self.workspace.warehouse.parent.mkdir(parents=True)
+        with self.workspace.env():
+            land_data().init_raw("duckdb")
+        self.first_report = self.workspace.run("build")
+        # Ageing the recorded builds makes build_after windows elapsed: tests that want a
+        # window open set it explicitly, so no test depends on how long the suite took.
+        self.workspace.set_built_at(day_ago())
+
+    def copy_to(self, root: Path) -> Workspace:
+        shutil.copytree(self.workspace.root, root, ignore=shutil.ignore_patterns("report-*"))
+        return Workspace(root)

@@ -148,9 +148,7 @@ def _table_exists(wh: Warehouse, table: str) -> bool:
 def _insert(wh: Warehouse, table: str, rows: Sequence[Row]) -> None:
     columns = COLUMNS[table]
     marks = ", ".join("?" for _ in columns)
-    wh.executemany(
-        f"insert into raw.{table} ({', '.join(columns)}) values ({marks})", rows
-    )
+    wh.executemany(f"insert into raw.{table} ({', '.join(columns)}) values ({marks})", rows)
 
 
 def _name(customer_id: int) -> str:
@@ -169,17 +167,13 @@ def initial_rows() -> dict[str, list[Row]]:
     for i in range(1, 61):
         order_date = date(2024, 1, 1) + timedelta(days=i * 3)
         loaded_at = datetime.combine(order_date + timedelta(days=1), time(2, 0))
-        orders.append(
-            (i, (i * 7) % 20 + 1, order_date, STATUSES[i % len(STATUSES)], loaded_at)
-        )
+        orders.append((i, (i * 7) % 20 + 1, order_date, STATUSES[i % len(STATUSES)], loaded_at))
     payments: list[Row] = []
     # One payment per order, then 20 split payments on every third order.
     for i, order_id in enumerate([*range(1, 61), *range(3, 61, 3)], start=1):
         loaded_at = orders[order_id - 1][4] + timedelta(minutes=i)
         amount_cents = 500 + (i * 1379) % 9000
-        payments.append(
-            (i, order_id, METHODS[(i + order_id) % 3], amount_cents, loaded_at)
-        )
+        payments.append((i, order_id, METHODS[(i + order_id) % 3], amount_cents, loaded_at))
     return {"customers": customers, "orders": orders, "payments": payments}
 
 
@@ -226,9 +220,7 @@ def append_rows(source: str, rows: int = 5, target: str = "duckdb") -> None:
         loaded_at = _next_loaded_at(wh, source)
         new_rows: list[Row]
         if source == "customers":
-            new_rows = [
-                (i, _name(i), COUNTRY_CODES[(i - 1) % 8], loaded_at) for i in new_ids
-            ]
+            new_rows = [(i, _name(i), COUNTRY_CODES[(i - 1) % 8], loaded_at) for i in new_ids]
         elif source == "orders":
             customer_ids = _ids(wh, "customers")
             if not customer_ids:
@@ -267,12 +259,8 @@ def append_rows(source: str, rows: int = 5, target: str = "duckdb") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    parser.add_argument(
-        "--init", action="store_true", help="create the raw tables if missing"
-    )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--init", action="store_true", help="create the raw tables if missing")
     parser.add_argument("--target", choices=TARGETS, default="duckdb")
     parser.add_argument("--source", choices=SOURCES, default="orders")
     parser.add_argument("--rows", type=int, default=5)

@@ -102,15 +102,21 @@ class DbtRunConfig:
 
     def validate(self) -> None:
         if not self.command or " " in self.command:
-            raise ConfigError(f"command must be one dbt command such as 'build', got {self.command!r}")
+            raise ConfigError(
+                f"command must be one dbt command such as 'build', got {self.command!r}"
+            )
         if not self.project_dir.is_dir():
-            raise ConfigError(f"project_dir {str(self.project_dir)!r} does not exist or is not a directory")
+            raise ConfigError(
+                f"project_dir {str(self.project_dir)!r} does not exist or is not a directory"
+            )
         if not (self.project_dir / "dbt_project.yml").is_file():
             raise ConfigError(
                 f"project_dir {str(self.project_dir)!r} is not a dbt project (no dbt_project.yml)"
             )
         if self.profiles_dir is not None and not self.profiles_dir.is_dir():
-            raise ConfigError(f"profiles_dir {str(self.profiles_dir)!r} does not exist or is not a directory")
+            raise ConfigError(
+                f"profiles_dir {str(self.profiles_dir)!r} does not exist or is not a directory"
+            )
         if self.profiles_dir is not None and not (self.profiles_dir / "profiles.yml").is_file():
             raise ConfigError(f"profiles_dir {str(self.profiles_dir)!r} has no profiles.yml")
         if self.state_aware:
@@ -168,7 +174,9 @@ def _env(value: Mapping[str, Any] | None) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"env must be a mapping of variable names to values, got {type(value).__name__}")
+        raise ConfigError(
+            f"env must be a mapping of variable names to values, got {type(value).__name__}"
+        )
     return {str(k): str(v) for k, v in value.items()}
 
 

@@ -151,9 +151,7 @@ class Fingerprinter:
             "macros": _digest({m: _digest(self._macro_sql(m)) for m in macro_ids}),
             "vars": _digest(
                 {
-                    name: resolve_var(
-                        name, node.package_name, self._cli_vars, graph.project_vars
-                    )
+                    name: resolve_var(name, node.package_name, self._cli_vars, graph.project_vars)
                     for name in sorted(var_names)
                 }
             ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_orchestra_dbt.engine.graph import Graph
@@ -70,7 +70,9 @@ def state_updates(
         key = options.key_for(graph[uid])
         return updates.get(key) or state.get(key)
 
-    for uid in graph.topological(d.unique_id for d in plan.decisions if not graph[d.unique_id].is_test):
+    for uid in graph.topological(
+        d.unique_id for d in plan.decisions if not graph[d.unique_id].is_test
+    ):
         decision = decisions[uid]
         node = graph[uid]
         key = decision.key or options.key_for(node)
@@ -83,7 +85,7 @@ def state_updates(
                 "unique_id": uid,
                 "checksum": decision.fingerprint.checksum,
                 "checksum_parts": dict(decision.fingerprint.parts),
-                "last_updated": result.finished_at or format_timestamp(datetime.now(timezone.utc)),
+                "last_updated": result.finished_at or format_timestamp(datetime.now(UTC)),
                 "sources": _consumed_sources(up.sources, probe),
                 "upstream": {
                     options.key_for(graph[p]): entry_p["last_updated"]

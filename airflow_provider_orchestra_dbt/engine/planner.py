@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprint
@@ -20,7 +20,7 @@ from airflow_provider_orchestra_dbt.state.model import StateEntries, parse_times
 STATE_AWARE_COMMANDS = frozenset({"build", "run", "test"})
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     BUILD = "build"
     REUSE = "reuse"
 

@@ -8,26 +8,39 @@ and whatever finished before the interruption is still recorded.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import tempfile
 import threading
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprinter
 from airflow_provider_orchestra_dbt.engine.graph import Graph
 from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
-from airflow_provider_orchestra_dbt.engine.planner import Plan, PlanOptions, Probe, plan, probe_targets
+from airflow_provider_orchestra_dbt.engine.planner import (
+    Plan,
+    PlanOptions,
+    Probe,
+    plan,
+    probe_targets,
+)
 from airflow_provider_orchestra_dbt.engine.report import RunReport, finished_node_line
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
 from airflow_provider_orchestra_dbt.worker.client import WorkerError, WorkerProcess
 
 CACHE_DIR_ENV = "ORCHESTRA_DBT_CACHE_DIR"
+
+
+class RunLogger(Protocol):
+    """What a run logs through: a ``logging.Logger`` or Airflow's task logger."""
+
+    def info(self, msg: str, /, *args: Any) -> Any: ...
+
+    def warning(self, msg: str, /, *args: Any) -> Any: ...
 
 
 class DbtRunError(RuntimeError):
@@ -39,7 +52,7 @@ class DbtSession:
         self,
         config: DbtRunConfig,
         store: StateStore | None,
-        logger: logging.Logger,
+        logger: RunLogger,
     ) -> None:
         self.config = config
         self.store = store
@@ -122,7 +135,11 @@ class DbtSession:
         )
         fingerprint = Fingerprinter(graph, cli_vars=config.vars, env=self._worker_env())
         the_plan = plan(graph, selected, state, fingerprint, probe, options)
-        self.log.info("Plan (%d nodes):\n%s", len(the_plan.decisions), _plan_report(graph, the_plan).plan_table())
+        self.log.info(
+            "Plan (%d nodes):\n%s",
+            len(the_plan.decisions),
+            _plan_report(graph, the_plan).plan_table(),
+        )
 
         to_execute = the_plan.to_execute()
         if config.dry_run or not to_execute or self._stopped.is_set():
@@ -164,7 +181,9 @@ class DbtSession:
         if self.store is None:
             return {}
         document = self.store.load()
-        self.log.info("Loaded %d state entries from %s", len(document.entries), self.store.description)
+        self.log.info(
+            "Loaded %d state entries from %s", len(document.entries), self.store.description
+        )
         return document.entries
 
     def _record(self, graph: Graph, the_plan: Plan, state: StateEntries, probe: Probe) -> int:
@@ -204,7 +223,9 @@ class DbtSession:
             self._results[event["unique_id"]] = NodeResult.from_message(event)
             self.log.info(finished_node_line(event))
 
-    def _start_worker(self, run_dir: Path, target_path: Path, *, state_aware: bool) -> WorkerProcess:
+    def _start_worker(
+        self, run_dir: Path, target_path: Path, *, state_aware: bool
+    ) -> WorkerProcess:
         config = self.config
         worker = WorkerProcess(
             python=config.python,
@@ -212,7 +233,10 @@ class DbtSession:
             on_output=lambda line: self.log.info("dbt | %s", line),
         )
         self._worker = worker
-        worker.start()
+        try:
+            worker.start()
+        except WorkerError as exc:
+            raise DbtRunError(exc.message) from None
         worker.send(
             {
                 "type": "start",
@@ -257,7 +281,9 @@ class DbtSession:
 
 
 def _plan_report(graph: Graph, the_plan: Plan) -> RunReport:
-    return RunReport(command=the_plan.options.command, target=None, exit_code=0, graph=graph, plan=the_plan)
+    return RunReport(
+        command=the_plan.options.command, target=None, exit_code=0, graph=graph, plan=the_plan
+    )
 
 
 def _explain(exc: WorkerError, config: DbtRunConfig) -> str:

@@ -103,7 +103,8 @@ class OrchestraDbtOperator(BaseOperator):
         self.dbt_args = dbt_args
         self.state_conn_id = state_conn_id
         self.reuse = reuse
-        self.dry_run = dry_run
+        # BaseOperator.dry_run is a method (render-only dry run), so keep ours apart.
+        self.plan_only = dry_run
         self.dbt_python = dbt_python
         self.push_node_details = push_node_details
         self._session: DbtSession | None = None
@@ -129,7 +130,7 @@ class OrchestraDbtOperator(BaseOperator):
                 env=self.env,
                 dbt_args=self.dbt_args,
                 reuse=self.reuse,
-                dry_run=self.dry_run,
+                dry_run=self.plan_only,
                 python=self.dbt_python,
                 key_prefix=key_prefix,
                 run_info=_run_info(context),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -112,10 +113,8 @@ class WorkerProcess:
         if self._proc is None:
             return None
         if self._proc.stdin and not self._proc.stdin.closed:
-            try:
+            with contextlib.suppress(OSError):
                 self._proc.stdin.close()
-            except OSError:
-                pass
         try:
             code = self._proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -154,7 +153,9 @@ class WorkerProcess:
                 code = self._proc.poll()
                 raise WorkerError(str(message.get("stage")), str(message.get("message")), code)
             if kind != expected:
-                raise WorkerError("protocol", f"expected {expected!r} from the worker, got {kind!r}")
+                raise WorkerError(
+                    "protocol", f"expected {expected!r} from the worker, got {kind!r}"
+                )
             return message
 
     def drain_events(self, on_event: Callable[[dict[str, Any]], None]) -> None:

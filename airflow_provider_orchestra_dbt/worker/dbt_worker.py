@@ -29,7 +29,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 PROTOCOL_VERSION = 1
@@ -54,8 +54,8 @@ def _utc_iso(value: Any) -> str | None:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return str(value.astimezone(timezone.utc).isoformat())
+        value = value.replace(tzinfo=UTC)
+    return str(value.astimezone(UTC).isoformat())
 
 
 def _jsonable(value: Any) -> Any:
@@ -218,8 +218,8 @@ class DbtSession:
         }
 
     def _freshness(self, source_ids: list[str]) -> dict[str, dict[str, Any]]:
-        from dbt.artifacts.resources import FreshnessThreshold, Time
         from dbt.artifacts.resources.types import TimePeriod
+        from dbt.artifacts.resources.v1.components import FreshnessThreshold, Time
 
         out: dict[str, dict[str, Any]] = {}
         measurable = []
@@ -348,6 +348,7 @@ class _EventForwarder:
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
+        self.warned = False
 
     def __call__(self, event: Any) -> None:
         try:
@@ -363,8 +364,8 @@ class _EventForwarder:
                 )
             elif name == "NodeFinished":
                 info = event.data.node_info
-                rr = event.data.run_result
-                adapter_response = dict(rr.adapter_response or {})
+                rr = event.data.run_result  # a protobuf message, not dbt's RunResult
+                rows = dict(rr.adapter_response).get("rows_affected")
                 self.channel.send(
                     {
                         "type": "node_finished",
@@ -373,12 +374,14 @@ class _EventForwarder:
                         "execution_time": rr.execution_time,
                         "finished_at": _utc_iso(info.node_finished_at),
                         "message": _first_lines(rr.message or ""),
-                        "rows_affected": adapter_response.get("rows_affected"),
-                        "failures": rr.failures,
+                        "rows_affected": int(rows) if rows is not None else None,
+                        "failures": rr.num_failures,
                     }
                 )
-        except BaseException:  # noqa: BLE001 - a raising callback hangs dbt
-            pass
+        except BaseException as exc:
+            if not self.warned:
+                self.warned = True
+                print(f"orchestra: could not forward a dbt event: {exc!r}", file=sys.stderr)
 
 
 # -- facts extraction --------------------------------------------------------------------------
@@ -503,7 +506,7 @@ def _result_facts(res: Any) -> dict[str, Any]:
 def _write_selection(directory: str, node_ids: list[str]) -> None:
     """Exact selection without argv limits: dbt's `result:error` reads this file."""
     os.makedirs(directory, exist_ok=True)
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     document = {
         "metadata": {
             "dbt_schema_version": "https://schemas.getdbt.com/dbt/run-results/v6.json",
@@ -594,9 +597,7 @@ def _serve(channel: Channel) -> int:
     try:
         import dbt.cli.main  # noqa: F401  - fail early with a clear message
     except ImportError as exc:
-        raise WorkerError(
-            "import", f"dbt is not importable by {sys.executable}: {exc}"
-        ) from exc
+        raise WorkerError("import", f"dbt is not importable by {sys.executable}: {exc}") from exc
     if not request.get("state_aware", True):
         result = session.passthrough()
         channel.send(result)
@@ -632,7 +633,7 @@ def main() -> int:
     except KeyboardInterrupt:
         channel.send({"type": "error", "stage": "interrupted", "message": "interrupted"})
         return 130
-    except BaseException as exc:  # noqa: BLE001 - report anything, then fail
+    except BaseException as exc:
         channel.send(
             {
                 "type": "error",

@@ -17,8 +17,8 @@ from support.tutorial import (
     built,
     day_ago,
     decisions,
-    short,
     executed_tests,
+    short,
 )
 
 pytestmark = pytest.mark.integration
@@ -185,9 +185,7 @@ def test_failing_error_test_marks_the_model_and_blocks_downstream_until_fixed(
     assert "int_orders_enriched" in {short(u) for u in first["skipped"]}
 
     again = ws.run(expect_exit=1)
-    assert (
-        decisions(again)["stg_payments"] == "an error-severity test failed after its last build"
-    )
+    assert decisions(again)["stg_payments"] == "an error-severity test failed after its last build"
     assert any("accepted_values_stg_payments_method" in t for t in executed_tests(again))
     assert "int_orders_enriched" not in built(again)
 
@@ -209,8 +207,10 @@ def test_a_table_dropped_out_of_band_is_rebuilt(ws: Workspace) -> None:
 def test_a_second_target_never_reuses_the_first(ws: Workspace) -> None:
     report = ws.run("build", "--target", "duckdb_alt")
     assert built(report) == STATEFUL
-    assert all(r.startswith("no state recorded for tutorial.analytics_alt") for r in
-               decisions(report).values())
+    assert all(
+        r.startswith("no state recorded for tutorial.analytics_alt")
+        for r in decisions(report).values()
+    )
     assert built(ws.run("build", "--target", "duckdb_alt")) == set()
     assert built(ws.run()) == set()
 

@@ -26,9 +26,7 @@ def iso(dt: datetime) -> str:
 
 def model(uid: str, *deps: str, materialized: str = "table", **kw: Any) -> Node:
     name = uid.rsplit(".", 1)[-1]
-    return Node(
-        uid, "model", name, "p", "db", "main", name, materialized, depends_on=deps, **kw
-    )
+    return Node(uid, "model", name, "p", "db", "main", name, materialized, depends_on=deps, **kw)
 
 
 def source(uid: str) -> Node:
@@ -100,5 +98,3 @@ def fresh_probe(**overrides: SourceFreshness) -> Probe:
     freshness = {SRC_A: SourceFreshness(LOADED), SRC_B: SourceFreshness(LOADED)}
     freshness.update({k.replace("__", "."): v for k, v in overrides.items()})
     return Probe(freshness, {"db.main": frozenset({"stg_a", "m1", "m2", "s1"})})
-
-

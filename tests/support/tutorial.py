@@ -22,7 +22,9 @@ from airflow_provider_orchestra_dbt import cli
 
 REPO = Path(__file__).resolve().parents[2]
 TUTORIAL = REPO / "tutorial"
-IGNORED = shutil.ignore_patterns(".warehouse", "target", "logs", "dbt_packages", ".user.yml", "__pycache__")
+IGNORED = shutil.ignore_patterns(
+    ".warehouse", "target", "logs", "dbt_packages", ".user.yml", "__pycache__"
+)
 DB_NAME = "tutorial.duckdb"
 STATEFUL = {
     "country_codes", "stg_countries", "stg_customers", "stg_orders", "stg_payments",
@@ -75,7 +77,9 @@ class Workspace:
             else:
                 os.environ["TUTORIAL_DUCKDB_PATH"] = saved
 
-    def run(self, command: str = "build", *args: str, expect_exit: int | None = 0) -> dict[str, Any]:
+    def run(
+        self, command: str = "build", *args: str, expect_exit: int | None = 0
+    ) -> dict[str, Any]:
         """Run the CLI in-process; the project directory must come out byte-identical."""
         self.reports += 1
         report_path = self.root / f"report-{self.reports}.json"

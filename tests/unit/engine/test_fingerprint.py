@@ -60,22 +60,57 @@ def make_graph(**overrides: Any) -> Graph:
         Macro("macro.p.inner", overrides.get("inner", "({{ x }} + {{ var('step') }})")),
     ]
     nodes = [
-        Node("model.p.eph", "model", "eph", "p", materialized="ephemeral",
-             raw_code=overrides.get("eph", "select 1 as id")),
-        Node("model.p.m", "model", "m", "p", "db", "main", "m", "table",
-             depends_on=("model.p.eph",), macros=("macro.p.outer",),
-             raw_code="select {{ outer('id') }} from {{ ref('eph') }} where k = '{{ env_var('K', '') }}'",
-             config=overrides.get("config", {"materialized": "table"})),
-        Node("seed.p.s", "seed", "s", "p", "db", "main", "s", "seed",
-             file_hash=overrides.get("seed_hash", "h1")),
+        Node(
+            "model.p.eph",
+            "model",
+            "eph",
+            "p",
+            materialized="ephemeral",
+            raw_code=overrides.get("eph", "select 1 as id"),
+        ),
+        Node(
+            "model.p.m",
+            "model",
+            "m",
+            "p",
+            "db",
+            "main",
+            "m",
+            "table",
+            depends_on=("model.p.eph",),
+            macros=("macro.p.outer",),
+            raw_code=(
+                "select {{ outer('id') }} from {{ ref('eph') }} "
+                "where k = '{{ env_var('K', '') }}'"
+            ),
+            config=overrides.get("config", {"materialized": "table"}),
+        ),
+        Node(
+            "seed.p.s",
+            "seed",
+            "s",
+            "p",
+            "db",
+            "main",
+            "s",
+            "seed",
+            file_hash=overrides.get("seed_hash", "h1"),
+        ),
     ]
     return Graph(nodes, macros, project_vars=overrides.get("project_vars", {"step": 1}))
 
 
-def checksum(uid: str, *, cli_vars: dict[str, Any] | None = None,
-             env: dict[str, str] | None = None, **overrides: Any) -> tuple[str, list[str]]:
+def checksum(
+    uid: str,
+    *,
+    cli_vars: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> tuple[str, list[str]]:
     base = Fingerprinter(make_graph(), cli_vars={}, env={"K": "a"})(uid)
-    new = Fingerprinter(make_graph(**overrides), cli_vars=cli_vars or {}, env=env or {"K": "a"})(uid)
+    new = Fingerprinter(make_graph(**overrides), cli_vars=cli_vars or {}, env=env or {"K": "a"})(
+        uid
+    )
     return ("same" if new.checksum == base.checksum else "changed"), new.changed_parts(base.parts)
 
 

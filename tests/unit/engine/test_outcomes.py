@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
-from airflow_provider_orchestra_dbt.engine.planner import PlanOptions, Probe, SourceFreshness, plan
 from support.synthetic_graph import (
     M1,
     M2,
@@ -21,6 +19,9 @@ from support.synthetic_graph import (
     key,
 )
 
+from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
+from airflow_provider_orchestra_dbt.engine.planner import PlanOptions, Probe, SourceFreshness, plan
+
 LOADED_NEW = NOW - timedelta(minutes=5)
 
 
@@ -34,9 +35,7 @@ def run(results: dict[str, str], command: str = "build") -> dict[str, dict]:
     selected = [SEED, STG, M1, M2, T_M1, T_SPAN]
     the_plan = plan(graph, selected, {}, fingerprints(), probe, options)
     finished = (NOW + timedelta(seconds=len(results))).isoformat()
-    node_results = {
-        uid: NodeResult(uid, status, 1.5, finished) for uid, status in results.items()
-    }
+    node_results = {uid: NodeResult(uid, status, 1.5, finished) for uid, status in results.items()}
     return dict(state_updates(graph, the_plan, node_results, {}, probe).updates)
 
 

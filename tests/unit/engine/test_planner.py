@@ -10,12 +10,10 @@ from typing import Any
 import pytest
 from support.synthetic_graph import (
     EPH,
-    LOADED,
     M1,
     M2,
     NOW,
     SEED,
-    SRC_A,
     SRC_B,
     STG,
     T_M1,
@@ -38,6 +36,7 @@ from airflow_provider_orchestra_dbt.engine.planner import (
     plan,
     probe_targets,
 )
+
 
 @dataclass
 class Case:
@@ -84,7 +83,11 @@ CASES = [
         {M1: (B, "reuse is turned off"), T_M1: (B, "reuse is off")},
         options=PlanOptions(now=NOW, reuse=False),
     ),
-    Case("rule 1: full refresh", {M2: (B, "full refresh requested")}, options=PlanOptions(now=NOW, full_refresh=True)),
+    Case(
+        "rule 1: full refresh",
+        {M2: (B, "full refresh requested")},
+        options=PlanOptions(now=NOW, full_refresh=True),
+    ),
     # Rule 2: a state entry with status success.
     Case(
         "rule 2: no entry",
@@ -93,10 +96,17 @@ CASES = [
     ),
     Case(
         "rule 2: test_failed",
-        {M1: (B, "an error-severity test failed after its last build"), T_M1: (B, "m1 is being built")},
+        {
+            M1: (B, "an error-severity test failed after its last build"),
+            T_M1: (B, "m1 is being built"),
+        },
         mutate_state=_set(M1, status="test_failed"),
     ),
-    Case("rule 2: unknown status", {M1: (B, "its last recorded status is 'weird'")}, mutate_state=_set(M1, status="weird")),
+    Case(
+        "rule 2: unknown status",
+        {M1: (B, "its last recorded status is 'weird'")},
+        mutate_state=_set(M1, status="weird"),
+    ),
     Case(
         "rule 2: untested nodes are reused but their tests run",
         {M1: (R, "up to date"), T_M1: (B, "m1 has status 'untested'")},
@@ -105,7 +115,11 @@ CASES = [
     # Rule 3: fingerprint.
     Case(
         "rule 3: code changed names the part",
-        {STG: (R, "up to date"), M1: (B, "code changed (config)"), M2: (B, "upstream m1 is being built")},
+        {
+            STG: (R, "up to date"),
+            M1: (B, "code changed (config)"),
+            M2: (B, "upstream m1 is being built"),
+        },
         changed={M1: "config"},
     ),
     Case(
@@ -223,7 +237,12 @@ CASES = [
     # Tests follow the nodes they test.
     Case(
         "tests: a test spanning a built and a reused node runs",
-        {SEED: (B, "code changed"), M1: (R, "up to date"), T_SPAN: (B, "s1 is being built"), T_M1: (R, "every node")},
+        {
+            SEED: (B, "code changed"),
+            M1: (R, "up to date"),
+            T_SPAN: (B, "s1 is being built"),
+            T_M1: (R, "every node"),
+        },
         changed={SEED: "code"},
     ),
     Case(

@@ -146,16 +146,20 @@ def _check_timestamp_map(where: str, name: str, value: object) -> None:
             f"{where}: {name!r} must be an object of ISO-8601 strings, got {_json_type(value)}"
         )
     for item_key, item in value.items():
-        if not isinstance(item, str):
-            raise StateFormatError(
-                f"{where}: {name}[{item_key!r}] must be an ISO-8601 string, got {_json_type(item)}"
-            )
-        try:
-            parse_timestamp(item)
-        except ValueError:
-            raise StateFormatError(
-                f"{where}: {name}[{item_key!r}] must be an ISO-8601 string, got {item!r}"
-            ) from None
+        _check_iso(where, f"{name}[{item_key!r}]", item)
+
+
+def _check_iso(where: str, label: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise StateFormatError(
+            f"{where}: {label} must be an ISO-8601 string, got {_json_type(value)}"
+        )
+    try:
+        parse_timestamp(value)
+    except ValueError:
+        raise StateFormatError(
+            f"{where}: {label} must be an ISO-8601 string, got {value!r}"
+        ) from None
 
 
 def _check_required(where: str, entry: dict[str, Any]) -> None:
@@ -169,18 +173,7 @@ def _check_required(where: str, entry: dict[str, Any]) -> None:
     # A missing last_updated is tolerated (the entry merely loses every merge)
     # but a present, garbled one points at corruption worth reporting.
     if "last_updated" in entry:
-        last_updated = entry["last_updated"]
-        if not isinstance(last_updated, str):
-            raise StateFormatError(
-                f"{where}: 'last_updated' must be an ISO-8601 string, "
-                f"got {_json_type(last_updated)}"
-            )
-        try:
-            parse_timestamp(last_updated)
-        except ValueError:
-            raise StateFormatError(
-                f"{where}: 'last_updated' must be an ISO-8601 string, got {last_updated!r}"
-            ) from None
+        _check_iso(where, "'last_updated'", entry["last_updated"])
 
 
 def _check_optional(where: str, entry: dict[str, Any]) -> None:

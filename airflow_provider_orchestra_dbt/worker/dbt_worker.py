@@ -167,14 +167,8 @@ class DbtSession:
     # -- selection and graph -----------------------------------------------------------------
 
     def select(self) -> list[str]:
-        r = self.request
         args = ["ls", "--quiet", *self._common_args(), "--output", "json"]
-        args += ["--output-keys", "unique_id"]
-        for flag in ("select", "exclude"):
-            if r.get(flag):
-                args += [f"--{flag}", *r[flag]]
-        if r.get("selector"):
-            args += ["--selector", r["selector"]]
+        args += ["--output-keys", "unique_id", *self._user_selection()]
         # `ls` prints every match; keep that noise out of the task log.
         with _silenced_stdout():
             result = self._invoke("select", args)
@@ -282,11 +276,7 @@ class DbtSession:
         _write_selection(selection_dir, node_ids)
         args = [r["command"], *self._common_args()]
         args += ["--select", "result:error", "--state", selection_dir]
-        args += ["--indirect-selection", "empty"]
-        if r.get("full_refresh") and r["command"] in ("build", "run"):
-            args.append("--full-refresh")
-        if r.get("threads"):
-            args += ["--threads", str(r["threads"])]
+        args += ["--indirect-selection", "empty", *self._run_options(r["command"])]
         dbt_args = list(r.get("dbt_args") or [])
         if not any(a.split("=", 1)[0] in ("--log-level", "-q", "--quiet") for a in dbt_args):
             # The parent logs one line per node; dbt's console adds warnings and errors only.
@@ -296,18 +286,28 @@ class DbtSession:
     def passthrough(self) -> dict[str, Any]:
         """A command we do not make state-aware runs exactly as the user wrote it."""
         r = self.request
-        args = [r["command"], *self._common_args()]
+        args = [r["command"], *self._common_args(), *self._user_selection()]
+        args += self._run_options(r["command"])
+        return self._run_dbt(args + list(r.get("dbt_args") or []))
+
+    def _user_selection(self) -> list[str]:
+        r = self.request
+        args: list[str] = []
         for flag in ("select", "exclude"):
             if r.get(flag):
                 args += [f"--{flag}", *r[flag]]
         if r.get("selector"):
             args += ["--selector", r["selector"]]
-        if r.get("full_refresh"):
+        return args
+
+    def _run_options(self, command: str) -> list[str]:
+        r = self.request
+        args: list[str] = []
+        if r.get("full_refresh") and command in ("build", "run", "seed"):
             args.append("--full-refresh")
         if r.get("threads"):
             args += ["--threads", str(r["threads"])]
-        args += list(r.get("dbt_args") or [])
-        return self._run_dbt(args)
+        return args
 
     def _run_dbt(self, args: list[str]) -> dict[str, Any]:
         callback = _EventForwarder(self.channel)

@@ -80,8 +80,7 @@ def make_graph(**overrides: Any) -> Graph:
             depends_on=("model.p.eph",),
             macros=("macro.p.outer",),
             raw_code=(
-                "select {{ outer('id') }} from {{ ref('eph') }} "
-                "where k = '{{ env_var('K', '') }}'"
+                "select {{ outer('id') }} from {{ ref('eph') }} where k = '{{ env_var('K', '') }}'"
             ),
             config=overrides.get("config", {"materialized": "table"}),
         ),

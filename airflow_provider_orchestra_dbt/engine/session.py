@@ -33,6 +33,9 @@ from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
 from airflow_provider_orchestra_dbt.worker.client import WorkerError, WorkerProcess
 
 CACHE_DIR_ENV = "ORCHESTRA_DBT_CACHE_DIR"
+# Exit codes of a worker that was stopped (SIGINT) rather than one that crashed; None: no code
+# yet because it is still shutting down.
+_INTERRUPTED = frozenset({None, 130, -2})
 
 
 class RunLogger(Protocol):
@@ -156,12 +159,17 @@ class DbtSession:
             worker.send({"type": "execute", "nodes": to_execute})
             result = worker.receive("execute_result", self._on_event)
         except BaseException as exc:
-            # Killed or crashed mid-build: keep what finished, then let the failure through.
+            # Stopped or crashed mid-build: keep what finished, then let the failure through.
             worker.stop()
             worker.drain_events(self._on_event)
-            if isinstance(exc, WorkerError) and exc.exit_code not in (None, 130, -2):
+            if isinstance(exc, WorkerError) and exc.exit_code not in _INTERRUPTED:
+                # An unhandled crash: its results cannot be trusted, so nothing is recorded.
                 raise DbtRunError(_explain(exc, config)) from exc
-            self._record(graph, the_plan, state, probe)
+            recorded = self._record(graph, the_plan, state, probe)
+            if isinstance(exc, WorkerError):
+                raise DbtRunError(
+                    f"dbt {config.command} was interrupted; {recorded} finished nodes recorded"
+                ) from exc
             raise
         for item in result["results"]:
             self._results[item["unique_id"]] = NodeResult.from_message(item)

@@ -74,6 +74,8 @@ class DbtSession:
             if not config.state_aware:
                 return self._passthrough(run_dir, target_path)
             return self._stateful(run_dir, target_path)
+        except WorkerError as exc:
+            raise DbtRunError(_explain(exc, config)) from exc
         finally:
             if self._worker is not None:
                 self._worker.close()
@@ -90,10 +92,7 @@ class DbtSession:
 
     def _passthrough(self, run_dir: Path, target_path: Path) -> RunReport:
         worker = self._start_worker(run_dir, target_path, state_aware=False)
-        try:
-            result = worker.receive("execute_result", self._on_event)
-        except WorkerError as exc:
-            raise DbtRunError(f"dbt {self.config.command} failed: {exc.message}") from exc
+        result = worker.receive("execute_result", self._on_event)
         return RunReport(
             command=self.config.command,
             target=self.config.target,
@@ -108,10 +107,7 @@ class DbtSession:
         config = self.config
         state = self._load_state()
         worker = self._start_worker(run_dir, target_path, state_aware=True)
-        try:
-            graph_message = worker.receive("graph")
-        except WorkerError as exc:
-            raise DbtRunError(_explain(exc, config)) from exc
+        graph_message = worker.receive("graph")
         graph = Graph.from_message(graph_message)
         selected = graph_message["selected"]
         sources, schemas = probe_targets(graph, selected)
@@ -122,10 +118,7 @@ class DbtSession:
                 "schemas": schemas if config.reuse and not config.full_refresh else [],
             }
         )
-        try:
-            probe = Probe.from_message(worker.receive("probe_result"))
-        except WorkerError as exc:
-            raise DbtRunError(_explain(exc, config)) from exc
+        probe = Probe.from_message(worker.receive("probe_result"))
         for source_id, fresh in probe.freshness.items():
             if fresh.error:
                 self.log.warning("Freshness of %s is unknown: %s", source_id, fresh.error)
@@ -144,8 +137,10 @@ class DbtSession:
             _plan_report(graph, the_plan).plan_table(),
         )
 
+        if self._stopped.is_set():
+            raise DbtRunError(f"dbt {config.command} was stopped while planning; nothing ran")
         to_execute = the_plan.to_execute()
-        if config.dry_run or not to_execute or self._stopped.is_set():
+        if config.dry_run or not to_execute:
             worker.send({"type": "finish"})
             worker.close()
             report = self._report(graph, the_plan, state, exit_code=0, updates=0)
@@ -235,6 +230,8 @@ class DbtSession:
         self, run_dir: Path, target_path: Path, *, state_aware: bool
     ) -> WorkerProcess:
         config = self.config
+        if self._stopped.is_set():
+            raise DbtRunError(f"dbt {config.command} was stopped before it started; nothing ran")
         worker = WorkerProcess(
             python=config.python,
             env=self._worker_env(),

@@ -170,6 +170,13 @@ class StateConnectionConfig:
             fail("backend 's3' needs 'state_uri' of the form s3://bucket/key")
         if base_url is not None and not base_url.startswith(("http://", "https://")):
             fail("'base_url' must start with http:// or https://")
+        if backend == "http" and not (conn.password or "").strip():
+            fail("backend 'http' needs the Orchestra API key in the password field ('API key')")
+        if backend == "s3" and bool(conn.login) != bool(text("aws_secret_access_key")):
+            fail(
+                "backend 's3' needs both the AWS access key id (login) and the AWS secret "
+                "access key, or neither (then aws_conn_id or the default AWS credentials apply)"
+            )
 
         login = conn.login.strip() if isinstance(conn.login, str) and conn.login.strip() else None
         return cls(
@@ -239,7 +246,6 @@ class OrchestraDbtHook(BaseHook):
 
         Raises:
             ValueError: the connection is misconfigured.
-            NotImplementedError: the backend is ``http`` or ``s3`` (planned).
         """
         config = self.config
         if config.backend == "local":
@@ -259,21 +265,51 @@ class OrchestraDbtHook(BaseHook):
 
     @staticmethod
     def _http_state_store(config: StateConnectionConfig) -> StateStore:
-        # Seam for the Orchestra state API client (uses api_key, base_url / orchestra_env,
-        # timeout, integration_account_id). Import requests lazily when implementing.
-        raise NotImplementedError(
-            f"Connection {config.conn_id!r}: the 'http' state backend is not implemented yet "
-            "(planned); use backend 'local' for now"
+        from airflow_provider_orchestra_dbt.state import (
+            OrchestraHttpStateStore,
+            orchestra_state_url,
         )
 
-    @staticmethod
-    def _s3_state_store(config: StateConnectionConfig) -> StateStore:
-        # Seam for the S3 store (state_uri, region_name, endpoint_url, aws_conn_id or
-        # aws_access_key_id / aws_secret_access_key, timeout). Import boto3 lazily.
-        raise NotImplementedError(
-            f"Connection {config.conn_id!r}: the 's3' state backend is not implemented yet "
-            "(planned); use backend 'local' for now"
+        return OrchestraHttpStateStore(
+            orchestra_state_url(config.base_url, config.orchestra_env),
+            config.api_key or "",
+            timeout=config.timeout,
+            key_prefix=config.integration_account_id,
+            label=f"connection {config.conn_id!r}",
         )
+
+    def _s3_state_store(self, config: StateConnectionConfig) -> StateStore:
+        from airflow_provider_orchestra_dbt.state import S3StateStore
+
+        assert config.state_uri is not None  # validated by from_connection
+        credentials = self._aws_credentials(config)
+        return S3StateStore.from_uri(
+            config.state_uri,
+            region_name=config.region_name or credentials.pop("region_name", None),
+            endpoint_url=config.endpoint_url or credentials.pop("endpoint_url", None),
+            label=f"connection {config.conn_id!r}",
+            **credentials,
+        )
+
+    def _aws_credentials(self, config: StateConnectionConfig) -> dict[str, Any]:
+        """An AWS connection if named, else keys held here, else boto3's default chain."""
+        if config.aws_conn_id:
+            aws = self.get_connection(config.aws_conn_id)
+            extra = aws.extra_dejson if isinstance(aws.extra_dejson, Mapping) else {}
+            found: dict[str, Any] = {
+                "aws_access_key_id": aws.login or extra.get("aws_access_key_id"),
+                "aws_secret_access_key": aws.password or extra.get("aws_secret_access_key"),
+                "aws_session_token": extra.get("aws_session_token"),
+                "region_name": extra.get("region_name"),
+                "endpoint_url": extra.get("endpoint_url"),
+            }
+            return {k: v for k, v in found.items() if v}
+        if config.aws_access_key_id and config.aws_secret_access_key:
+            return {
+                "aws_access_key_id": config.aws_access_key_id,
+                "aws_secret_access_key": config.aws_secret_access_key,
+            }
+        return {}
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the connection by reading the state it points at; never raises."""
@@ -286,6 +322,9 @@ class OrchestraDbtHook(BaseHook):
             if config.backend == "local":
                 return self._test_local(config)
             store = self.get_state_store()
+            probe = getattr(store, "probe", None)
+            if probe is not None:
+                return True, config.redact(str(probe()))
             document = store.load()
             return True, f"{store.description}: {_count(len(document.entries))}"
         except Exception as exc:

@@ -9,6 +9,7 @@ from airflow_provider_orchestra_dbt.state.errors import (
     StateError,
     StateFormatError,
 )
+from airflow_provider_orchestra_dbt.state.http import OrchestraHttpStateStore, orchestra_state_url
 from airflow_provider_orchestra_dbt.state.local import (
     DEFAULT_LOCK_TIMEOUT,
     LocalFileStateStore,
@@ -23,11 +24,14 @@ from airflow_provider_orchestra_dbt.state.model import (
     parse_timestamp,
     validate_entries,
 )
+from airflow_provider_orchestra_dbt.state.s3 import S3StateStore
 from airflow_provider_orchestra_dbt.state.store import StateStore
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "LocalFileStateStore",
+    "OrchestraHttpStateStore",
+    "S3StateStore",
     "StateConflictError",
     "StateDocument",
     "StateEntries",
@@ -38,6 +42,7 @@ __all__ = [
     "format_timestamp",
     "is_newer",
     "merge_entries",
+    "orchestra_state_url",
     "parse_timestamp",
     "validate_entries",
 ]

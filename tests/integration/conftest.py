@@ -4,7 +4,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.tutorial import Baseline, Workspace
+from support.airflow_env import AirflowEnv
+from support.tutorial import REPO, Baseline, Workspace
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,3 +26,13 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> Base
 @pytest.fixture
 def ws(baseline: Baseline, tmp_path: Path) -> Workspace:
     return baseline.copy_to(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
+    """One migrated Airflow home for the session, holding the tutorial DAG as shipped."""
+    env = AirflowEnv.create(tmp_path_factory.mktemp("airflow"))
+    # The DAG reads its project, warehouse and state from env vars (see tutorial_env).
+    tutorial_dag = REPO / "dags" / "orchestra_dbt_tutorial.py"
+    env.add_dag(tutorial_dag.name, tutorial_dag.read_text())
+    return env

@@ -27,22 +27,13 @@ from support.airflow_env import (
     tutorial_env,
     wait_for,
 )
-from support.tutorial import REPO, STATEFUL, Workspace, short, tree_digest
+from support.tutorial import STATEFUL, Workspace, short, tree_digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "model.orchestra_tutorial"
 INT_CUSTOMER_ORDERS = "models/intermediate/int_customer_orders.sql"
 BROKEN_SELECT = "select\n    no_such_column,\n"
-
-
-@pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> AirflowEnv:
-    env = AirflowEnv.create(tmp_path_factory.mktemp("airflow"))
-    # The tutorial DAG exactly as shipped; it reads its project from ORCHESTRA_DBT_TUTORIAL_DIR.
-    tutorial_dag = REPO / "dags" / "orchestra_dbt_tutorial.py"
-    env.add_dag(tutorial_dag.name, tutorial_dag.read_text())
-    return env
 
 
 def _ok(result: Any) -> None:

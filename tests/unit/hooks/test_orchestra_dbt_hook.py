@@ -283,25 +283,69 @@ def test_local_store_round_trip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert OrchestraDbtHook(conn_id).get_state_store().load().entries == {"db.schema.model": entry}
 
 
-@pytest.mark.parametrize("backend", ["http", "s3"])
-def test_planned_backends_are_not_implemented(
-    monkeypatch: pytest.MonkeyPatch, backend: str
-) -> None:
+def test_http_backend_builds_the_orchestra_store(monkeypatch: pytest.MonkeyPatch) -> None:
     conn_id = set_conn(
         monkeypatch,
-        f"orch_{backend}",
-        {"backend": backend, "state_uri": "s3://bucket/state.json"},
+        "orch_http",
+        {"backend": "http", "orchestra_env": "stage", "integration_account_id": "acct"},
         password=API_KEY,
     )
+    store = OrchestraDbtHook(conn_id).get_state_store()
+    assert type(store).__name__ == "OrchestraHttpStateStore"
+    assert store.description == (
+        "Orchestra state API https://stage.getorchestra.io/api/engine/public/state/DBT_CORE"
+    )
+    assert_no_secret(repr(store))
+
+
+def test_http_backend_needs_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn_id = set_conn(monkeypatch, "orch_nokey", {"backend": "http"})
+    with pytest.raises(ValueError, match="'orch_nokey': backend 'http' needs the Orchestra API"):
+        _ = OrchestraDbtHook(conn_id).config
+
+
+def test_s3_backend_builds_the_s3_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn_id = set_conn(
+        monkeypatch,
+        "orch_s3",
+        {"backend": "s3", "state_uri": "s3://bucket/dbt/state.json",
+         "aws_secret_access_key": AWS_SECRET},
+        login=AWS_KEY_ID,
+    )  # fmt: skip
+    store = OrchestraDbtHook(conn_id).get_state_store()
+    assert type(store).__name__ == "S3StateStore"
+    assert "s3://bucket/dbt/state.json" in store.description
+    assert_no_secret(repr(store))
+
+
+def test_s3_keys_come_in_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn_id = set_conn(
+        monkeypatch, "orch_half", {"backend": "s3", "state_uri": "s3://b/k"}, login=AWS_KEY_ID
+    )
+    with pytest.raises(ValueError, match="'orch_half': backend 's3' needs both") as caught:
+        _ = OrchestraDbtHook(conn_id).config
+    assert_no_secret(str(caught.value))
+
+
+def test_s3_credentials_from_an_aws_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MY_AWS",
+        json.dumps({"conn_type": "aws", "login": AWS_KEY_ID, "password": AWS_SECRET,
+                    "extra": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:9"}}),
+    )  # fmt: skip
+    conn_id = set_conn(
+        monkeypatch, "orch_aws", {"backend": "s3", "state_uri": "s3://b/k", "aws_conn_id": "my_aws"}
+    )
     hook = OrchestraDbtHook(conn_id)
-
-    with pytest.raises(NotImplementedError, match=rf"orch_{backend}.*not implemented yet"):
-        hook.get_state_store()
-
-    ok, message = hook.test_connection()
-    assert not ok
-    assert "not implemented yet" in message
-    assert_no_secret(message)
+    assert hook._aws_credentials(hook.config) == {
+        "aws_access_key_id": AWS_KEY_ID,
+        "aws_secret_access_key": AWS_SECRET,
+        "region_name": "eu-west-1",
+        "endpoint_url": "http://127.0.0.1:9",
+    }
+    store = hook.get_state_store()
+    assert "http://127.0.0.1:9" in store.description
+    assert_no_secret(repr(store) + store.description)
 
 
 # --- test_connection ------------------------------------------------------------------------

@@ -1,0 +1,555 @@
+"""State kept by Orchestra, read and written through its public state API.
+
+The API holds one document per integration (``DBT_CORE`` here)::
+
+    GET   <base>/api/engine/public/state/DBT_CORE  -> {"state": {"<key>": {entry}, ...}}
+    PATCH <base>/api/engine/public/state/DBT_CORE  <- {"state": {<changed entries>}}
+
+and merges a PATCH per key, keeping the entry with the newer ``last_updated``.
+Because the server merges, a save sends only the entries a run changed and
+needs no lock or compare-and-swap: concurrent writers cannot lose each other's
+updates, and an older write can never replace a newer one.
+
+``requests`` is imported inside methods so that importing the state package
+stays cheap and free of third-party imports.
+"""
+
+from __future__ import annotations
+
+import copy
+import email.utils
+import ipaddress
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import SplitResult, urlsplit
+
+from airflow_provider_orchestra_dbt import __version__
+from airflow_provider_orchestra_dbt.state.errors import StateError, StateFormatError
+from airflow_provider_orchestra_dbt.state.model import (
+    STATE_KEY,
+    StateDocument,
+    StateEntries,
+    validate_entries,
+)
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = [
+    "DEFAULT_BACKOFF_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_TIMEOUT",
+    "ORCHESTRA_ENVS",
+    "STATE_PATH",
+    "OrchestraHttpStateStore",
+    "orchestra_state_url",
+]
+
+log = logging.getLogger(__name__)
+
+STATE_PATH = "/api/engine/public/state/DBT_CORE"
+"""Path of the dbt Core state document below an Orchestra base URL."""
+
+ORCHESTRA_ENVS = ("app", "stage", "dev")
+"""Orchestra environments; each is served from ``https://<env>.getorchestra.io``."""
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_BACKOFF_SECONDS = 0.5
+
+# Establishing a connection either works quickly or not at all, so the connect
+# phase gets a shorter budget than reading a (possibly large) document.
+_CONNECT_TIMEOUT_MAX = 10.0
+# Bounds on waiting between attempts: a misbehaving server must not be able to
+# park a task for an hour with a huge Retry-After, and exponential growth must
+# not outlast the task's own timeout.
+_BACKOFF_MAX = 30.0
+_RETRY_AFTER_MAX = 60.0
+# Transient by definition: rate limiting, request timeout at a proxy, and
+# server or gateway failures. 501 and 505 are 5xx but describe a permanent
+# mismatch (method or protocol not supported), so retrying cannot help.
+_RETRY_STATUSES = frozenset({408, 429}) | (frozenset(range(500, 600)) - {501, 505})
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
+_DETAIL_MAX = 300
+
+
+def orchestra_state_url(base_url: str | None, env: str = "app") -> str:
+    """The state endpoint for an explicit ``base_url`` or an Orchestra ``env``.
+
+    ``base_url`` wins when given (e.g. ``"https://orchestra.example.com"``); a
+    trailing slash is dropped, and a URL that already ends with the state path
+    is taken as the endpoint itself. Otherwise ``env`` (``app``, ``stage`` or
+    ``dev``) selects ``https://<env>.getorchestra.io``.
+
+    Raises:
+        ValueError: ``base_url`` is not an ``http(s)://host[...]`` URL without
+            credentials, query or fragment, or ``env`` is unknown.
+    """
+    if base_url is not None and base_url.strip():
+        base = _check_url(base_url.strip(), "Orchestra base URL").rstrip("/")
+        if base.endswith(STATE_PATH):
+            return base
+        return base + STATE_PATH
+    name = env.strip().lower()
+    if name not in ORCHESTRA_ENVS:
+        raise ValueError(
+            f"unknown Orchestra environment {env!r}: expected one of {', '.join(ORCHESTRA_ENVS)}"
+            " or an explicit base URL"
+        )
+    return f"https://{name}.getorchestra.io{STATE_PATH}"
+
+
+def _check_url(url: str, what: str) -> str:
+    # Credentials in the URL would end up in ``description``, which is logged
+    # verbatim, so they are refused (and masked in the error) rather than used.
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"malformed {what} {_mask_userinfo(url)!r}: {exc}") from None
+    shown = _mask_userinfo(url)
+    expected = "expected http(s)://host[:port][/path]"
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"malformed {what} {shown!r}: {expected}")
+    if not parts.hostname:
+        raise ValueError(f"malformed {what} {shown!r}: no host name; {expected}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"malformed {what} {shown!r}: credentials in the URL are not supported; "
+            "put the API key in the connection's password field"
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(f"malformed {what} {shown!r}: no query or fragment allowed")
+    if port == 0:
+        raise ValueError(f"malformed {what} {shown!r}: port 0 is not a valid port")
+    return url
+
+
+def _mask_userinfo(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return SplitResult(
+        parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment
+    ).geturl()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # NaN and Infinity are not JSON; the local store refuses them as well.
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+class _Retry(Exception):
+    """An attempt failed in a way worth retrying; ``cause`` says how."""
+
+    def __init__(self, cause: str, wait: float | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.wait = wait
+
+
+class OrchestraHttpStateStore:
+    """The Orchestra state document, through ``GET``/``PATCH`` on the public API.
+
+    Loads are filtered to ``key_prefix`` when one is set (Orchestra shares one
+    document between integration accounts, and the dbt-orchestra tool filters
+    the same way). Saves send only the given updates; the server merges them.
+
+    Failed requests are retried with exponential backoff and jitter on
+    connection errors, timeouts, 408, 429 (honouring ``Retry-After``) and 5xx,
+    up to ``max_attempts`` in total. Every other failure, and running out of
+    attempts, raises: a load never falls back to an empty state, because an
+    empty state would make the run rebuild everything and then overwrite the
+    good state with whatever it produced.
+
+    The API key is sent only in the ``Authorization`` header. It never appears
+    in ``repr``, ``description``, log records or error messages.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
+        key_prefix: str | None = None,
+        label: str = "",
+    ) -> None:
+        self._url = _check_url(url.strip(), "Orchestra state URL")
+        self._label = label
+        who = label or self.description
+        # A key pasted from a file or a UI often carries a trailing newline;
+        # requests would reject it with an error that quotes the whole header.
+        key = (api_key or "").strip()
+        if not key:
+            raise ValueError(f"{who} has no API key (password field)")
+        if not all(33 <= ord(char) <= 126 for char in key):
+            # The key itself is deliberately not quoted.
+            raise ValueError(
+                f"{who}: the API key (password field) contains spaces, control or "
+                "non-ASCII characters; paste it again"
+            )
+        if timeout <= 0:
+            raise ValueError(f"{who}: timeout must be > 0, got {timeout}")
+        if max_attempts < 1:
+            raise ValueError(f"{who}: max_attempts must be >= 1, got {max_attempts}")
+        if backoff_seconds < 0:
+            raise ValueError(f"{who}: backoff_seconds must be >= 0, got {backoff_seconds}")
+        prefix = (key_prefix or "").strip().rstrip(".")
+        self._api_key = key
+        self._timeout = float(timeout)
+        self._max_attempts = max_attempts
+        self._backoff = float(backoff_seconds)
+        self._key_prefix = prefix or None
+        self._lock = threading.Lock()
+        self._session: requests.Session | None = None
+        # What this store last knew the server to hold (filtered to the
+        # prefix); ``save`` returns it with the updates applied.
+        self._known = StateDocument.empty()
+
+        host = urlsplit(self._url).hostname or ""
+        if urlsplit(self._url).scheme.lower() == "http" and not _is_loopback(host):
+            log.warning(
+                "%s uses plain http: the API key is sent unencrypted; use https",
+                self.description,
+            )
+
+    @property
+    def url(self) -> str:
+        """The state endpoint requests go to."""
+        return self._url
+
+    @property
+    def key_prefix(self) -> str | None:
+        """Prefix (without the trailing dot) that loaded keys must carry, if any."""
+        return self._key_prefix
+
+    @property
+    def description(self) -> str:
+        return f"Orchestra state API {self._url}"
+
+    def __repr__(self) -> str:
+        parts = [repr(self._url)]
+        if self._key_prefix:
+            parts.append(f"key_prefix={self._key_prefix!r}")
+        if self._label:
+            parts.append(f"label={self._label!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def close(self) -> None:
+        """Close pooled connections; the store reconnects if used again."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> OrchestraHttpStateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def load(self) -> StateDocument:
+        """Fetch the document, keeping only entries under ``key_prefix`` if set.
+
+        Raises:
+            StateFormatError: the response is not a JSON state document.
+            StateError: the API could not be reached, rejected the key, was not
+                found, or kept failing until the attempts ran out.
+        """
+        response = self._request("GET")
+        document = self._parse(response)
+        with self._lock:
+            self._known = document
+        return _copy(document)
+
+    def save(self, updates: StateEntries) -> StateDocument:
+        """PATCH ``updates`` to the API, which merges them per key (newer wins).
+
+        Returns the last loaded document with ``updates`` merged in under the
+        same rule; the server's document is the truth and may hold newer
+        entries from other writers. Empty ``updates`` send nothing.
+
+        A PATCH may be retried after a timeout even though the server might
+        have applied the first one: applying the same entries twice under a
+        newer-wins merge gives the same result, so the retry is harmless.
+
+        Raises:
+            StateFormatError: ``updates`` is not valid state or has a key
+                outside ``key_prefix``; nothing was sent.
+            StateError: the request failed (see :meth:`load`).
+        """
+        origin = f"state update for {self.description}"
+        validate_entries(updates, origin=origin)
+        if self._key_prefix:
+            outside = sorted(key for key in updates if not self._in_prefix(key))
+            if outside:
+                raise StateFormatError(
+                    f"{origin}: {len(outside)} key(s) lack the prefix "
+                    f"'{self._key_prefix}.' and would never be loaded back, "
+                    f"e.g. {outside[0]!r}"
+                )
+        try:
+            body = json.dumps({STATE_KEY: updates}, allow_nan=False, separators=(",", ":")).encode(
+                "utf-8"
+            )
+        except (TypeError, ValueError) as exc:
+            raise StateFormatError(f"{origin} is not JSON-serialisable: {exc}") from None
+        if updates:
+            self._request("PATCH", body)
+        with self._lock:
+            self._known = self._known.merged(updates)
+            return _copy(self._known)
+
+    def probe(self) -> str:
+        """Read the document and summarise it, for a connection test.
+
+        Raises:
+            StateError: as :meth:`load`.
+        """
+        count = len(self.load().entries)
+        noun = "entry" if count == 1 else "entries"
+        scope = f" under prefix '{self._key_prefix}.'" if self._key_prefix else ""
+        return f"Orchestra state API reachable: {count:,} {noun}{scope}"
+
+    # -- internals ---------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return f"{self.description} ({self._label})" if self._label else self.description
+
+    def _in_prefix(self, key: str) -> bool:
+        return self._key_prefix is None or key.startswith(f"{self._key_prefix}.")
+
+    def _redact(self, text: str) -> str:
+        # Last line of defence for text that came from elsewhere (a server
+        # echoing the request, an exception quoting a header).
+        return text.replace(self._api_key, "***")
+
+    def _fail(self, message: str) -> NoReturn:
+        # ``from None``: a requests exception in the context would carry the
+        # prepared request, Authorization header included, along with it.
+        raise StateError(self._redact(message)) from None
+
+    def _authorize(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        # Set as the session's auth hook rather than a default header: with a
+        # plain header, requests would replace it with Basic auth from a
+        # ~/.netrc entry for the host, and would keep it across redirects.
+        request.headers["Authorization"] = f"Bearer {self._api_key}"
+        return request
+
+    def _get_session(self) -> requests.Session:
+        import requests
+
+        with self._lock:
+            if self._session is None:
+                session = requests.Session()
+                session.auth = self._authorize
+                session.headers["User-Agent"] = (
+                    f"airflow-provider-orchestra-dbt/{__version__} "
+                    f"python-requests/{requests.__version__}"
+                )
+                session.headers["Accept"] = "application/json"
+                self._session = session
+            return self._session
+
+    def _request(self, method: str, body: bytes | None = None) -> requests.Response:
+        session = self._get_session()
+        started = time.monotonic()
+        cause = ""
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return self._attempt(session, method, body)
+            except _Retry as retry:
+                cause = retry.cause
+                wait = retry.wait
+            if attempt == self._max_attempts:
+                break
+            if wait is None:
+                # Jitter keeps many tasks that failed together from retrying
+                # in lockstep and hitting the recovering server all at once.
+                wait = min(self._backoff * 2 ** (attempt - 1), _BACKOFF_MAX)
+                wait *= random.uniform(0.5, 1.0)
+            log.warning(
+                "%s: %s attempt %d/%d failed (%s); retrying in %.2fs",
+                self._where,
+                method,
+                attempt,
+                self._max_attempts,
+                self._redact(cause),
+                wait,
+            )
+            time.sleep(wait)
+        elapsed = time.monotonic() - started
+        noun = "attempt" if self._max_attempts == 1 else "attempts"
+        self._fail(
+            f"{self._where}: {method} failed after {self._max_attempts} {noun} "
+            f"in {elapsed:.1f}s; last error: {cause}"
+        )
+
+    def _attempt(
+        self, session: requests.Session, method: str, body: bytes | None
+    ) -> requests.Response:
+        import requests
+
+        connect_timeout = min(self._timeout, _CONNECT_TIMEOUT_MAX)
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        try:
+            response = session.request(
+                method,
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=(connect_timeout, self._timeout),
+                # A redirected PATCH can silently turn into a GET, which would
+                # report success without saving; redirects are reported instead.
+                allow_redirects=False,
+            )
+        except requests.ConnectTimeout:
+            raise _Retry(f"could not connect within {connect_timeout:g}s") from None
+        except requests.Timeout:
+            raise _Retry(f"no response within {self._timeout:g}s") from None
+        except requests.exceptions.SSLError as exc:
+            # Certificate problems do not fix themselves between attempts.
+            self._fail(f"{self._where}: TLS error: {_exception_text(exc)}")
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise _Retry(_exception_text(exc)) from None
+        except requests.RequestException as exc:
+            self._fail(f"{self._where}: {method} failed: {_exception_text(exc)}")
+
+        status = response.status_code
+        if 200 <= status < 300:
+            return response
+        reason = f"HTTP {status}{' ' + response.reason if response.reason else ''}"
+        # Reading the body (for the message) also returns the connection to
+        # the pool instead of leaving it half-read.
+        detail = self._detail(response)
+        if status in _RETRY_STATUSES:
+            wait = None
+            if status in _RETRY_AFTER_STATUSES:
+                wait = _retry_after_seconds(response.headers.get("Retry-After"))
+            raise _Retry(f"{reason}{detail}", wait)
+        if status in (401, 403):
+            self._fail(
+                f"{self._where} rejected the API key (HTTP {status}){detail}: "
+                "check the API key in the password field"
+            )
+        if status == 404:
+            self._fail(
+                f"{self._where} not found (HTTP 404){detail}: "
+                "check the base URL / Orchestra environment"
+            )
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "")
+            target = f" to {location}" if location else ""
+            self._fail(
+                f"{self._where} redirected ({reason}){target}: "
+                "set the base URL to the address the API is served from"
+            )
+        self._fail(f"{self._where} refused the {method} ({reason}){detail}")
+
+    @staticmethod
+    def _detail(response: requests.Response) -> str:
+        # A short excerpt of the error body, because APIs put the actual
+        # reason there ({"detail": "..."}) and the status alone is vague.
+        try:
+            text = " ".join(response.text.split())
+        except Exception:
+            return ""
+        if not text:
+            return ""
+        if len(text) > _DETAIL_MAX:
+            text = text[:_DETAIL_MAX] + "..."
+        return f": {text}"
+
+    def _parse(self, response: requests.Response) -> StateDocument:
+        origin = self.description
+        content_type = response.headers.get("Content-Type", "")
+        hint = "" if "json" in content_type.lower() else f" (Content-Type {content_type!r})"
+        data = response.content
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise StateFormatError(f"{origin}: response is not valid UTF-8{hint}: {exc}") from None
+        if not text.strip():
+            # An empty 200 is not "no state": it is a broken response, and
+            # treating it as empty would rebuild and overwrite everything.
+            raise StateFormatError(f"{origin}: response body is empty{hint}")
+        try:
+            raw = json.loads(text, parse_constant=_reject_constant)
+        except json.JSONDecodeError as exc:
+            raise StateFormatError(
+                f"{origin}: response is not valid JSON{hint} "
+                f"(line {exc.lineno} column {exc.colno}): {exc.msg}"
+            ) from None
+        except ValueError as exc:
+            raise StateFormatError(f"{origin}: response is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise StateFormatError(
+                f"{origin}: response must be a JSON object, got {type(raw).__name__}"
+            )
+        if STATE_KEY not in raw:
+            raise StateFormatError(f"{origin}: response has no top-level 'state' object")
+        entries = raw[STATE_KEY]
+        if isinstance(entries, Mapping) and self._key_prefix:
+            # Filtered before validation so that another account's entries,
+            # which this store never uses, cannot make its load fail.
+            entries = {key: value for key, value in entries.items() if self._in_prefix(key)}
+        entries = validate_entries(entries, origin=origin)
+        extra: dict[str, Any] = {key: value for key, value in raw.items() if key != STATE_KEY}
+        return StateDocument(entries=entries, extra=extra)
+
+
+def _copy(document: StateDocument) -> StateDocument:
+    # Callers get their own copy so that editing it cannot alter what the
+    # store remembers as the server's document.
+    return StateDocument(copy.deepcopy(document.entries), copy.deepcopy(document.extra))
+
+
+def _exception_text(exc: BaseException) -> str:
+    # requests wraps urllib3's MaxRetryError, whose text repeats the pool and
+    # URL; the underlying reason ("Connection refused", ...) is what helps.
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    text = str(reason) if reason is not None else str(exc)
+    return text or type(exc).__name__
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait per a ``Retry-After`` header, capped; ``None`` if absent or unusable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), _RETRY_AFTER_MAX)

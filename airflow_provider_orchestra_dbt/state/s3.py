@@ -1,0 +1,415 @@
+"""State kept as one JSON object in Amazon S3 or an S3-compatible store.
+
+Concurrent writers are made safe with S3 conditional writes rather than a
+lock: a save reads the object and its ETag, merges, and writes back only if
+the object is still the one it read (``If-Match``), or still absent
+(``If-None-Match: *``). A writer that loses the race re-reads, re-merges and
+tries again, so no writer's entries are ever lost.
+
+boto3 is imported inside the methods that need it: this module is imported
+while Airflow parses DAG files, and importing boto3 there would slow down
+every parse for DAGs that never touch S3.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from airflow_provider_orchestra_dbt.state.errors import (
+    StateConflictError,
+    StateError,
+    StateFormatError,
+)
+from airflow_provider_orchestra_dbt.state.model import (
+    StateDocument,
+    StateEntries,
+    validate_entries,
+)
+
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "S3StateStore"]
+
+DEFAULT_MAX_ATTEMPTS = 10
+"""Read-merge-write rounds ``save`` tries before giving up on competing writers."""
+
+# Backoff between conflicting rounds: the first retry comes quickly because
+# most conflicts are two tasks finishing at nearly the same moment; the cap
+# keeps a long losing streak from stalling a task for more than a second.
+_BACKOFF_START = 0.02
+_BACKOFF_MAX = 1.0
+
+# Timeouts and botocore's own retries (for throttling and 5xx) are bounded so
+# an unreachable endpoint fails a task in seconds instead of hanging it.
+_CONNECT_TIMEOUT = 10.0
+_READ_TIMEOUT = 30.0
+_CLIENT_MAX_ATTEMPTS = 3
+
+_URI_SCHEME = "s3://"
+_CONTENT_TYPE = "application/json"
+
+# Error codes that mean "another writer got there first": 412 when the ETag
+# (or absence) we conditioned on no longer holds, 409 when S3 saw two
+# conditional writes to the key in flight at once.
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+_NO_SUCH_KEY_CODES = frozenset({"NoSuchKey"})
+_NO_SUCH_BUCKET_CODES = frozenset({"NoSuchBucket"})
+_ACCESS_DENIED_CODES = frozenset({"AccessDenied", "403", "AllAccessDisabled", "Forbidden"})
+
+
+class S3StateStore:
+    """A state document stored as a single S3 object, safe for concurrent writers.
+
+    Credentials are the explicit keys when given, otherwise boto3's default
+    chain (environment, shared config, instance or task role). They are kept
+    only to build the client and never appear in ``repr``, ``description`` or
+    error messages.
+
+    ``label`` says where the configuration came from (e.g. ``"connection
+    'my_conn'"``) and is added to every error message, so an operator can tell
+    which Airflow connection to fix.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        region_name: str | None = None,
+        endpoint_url: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        label: str = "",
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        client: Any | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self._bucket = bucket
+        self._key = key
+        self._region_name = region_name or None
+        self._endpoint_url = endpoint_url or None
+        self._label = label
+        self._max_attempts = max_attempts
+        self._access_key_id = aws_access_key_id or None
+        self._secret_access_key = aws_secret_access_key or None
+        self._session_token = aws_session_token or None
+        self._client = client
+        # boto3 sessions are not thread-safe, so the one-time client build is
+        # serialised; the client itself may then be shared by threads.
+        self._client_lock = threading.Lock()
+
+        if not bucket:
+            raise StateError(f"{self._where()}: the S3 bucket name is empty")
+        if not key or key.endswith("/"):
+            raise StateError(
+                f"{self._where()}: the S3 key {key!r} does not name an object"
+                " (it is empty or ends with '/')"
+            )
+        if (self._access_key_id is None) != (self._secret_access_key is None):
+            raise StateError(
+                f"{self._where()}: an access key id and a secret access key must be given"
+                " together (or neither, to use the default AWS credential chain)"
+            )
+        if self._session_token is not None and self._access_key_id is None:
+            raise StateError(
+                f"{self._where()}: a session token was given without an access key id"
+                " and secret access key"
+            )
+
+    @classmethod
+    def from_uri(cls, uri: str, **kwargs: Any) -> S3StateStore:
+        """Build a store from ``s3://bucket/path/to/key.json``.
+
+        Raises:
+            StateError: ``uri`` is not an ``s3://`` URI naming a bucket and a key.
+        """
+        label = kwargs.get("label", "")
+        prefix = f"{label}: " if label else ""
+        # Parsed by hand rather than with urllib: '?' and '#' are legal in S3
+        # keys and a URL parser would cut the key short at them.
+        if not uri.lower().startswith(_URI_SCHEME):
+            raise StateError(f"{prefix}state URI {uri!r} is not an s3://bucket/key URI")
+        bucket, _, key = uri[len(_URI_SCHEME) :].partition("/")
+        if not bucket:
+            raise StateError(f"{prefix}state URI {uri!r} does not name a bucket")
+        if not key or key.endswith("/"):
+            raise StateError(
+                f"{prefix}state URI {uri!r} does not name an object key"
+                " (expected s3://bucket/path/to/state.json)"
+            )
+        return cls(bucket, key, **kwargs)
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def uri(self) -> str:
+        return f"{_URI_SCHEME}{self._bucket}/{self._key}"
+
+    @property
+    def description(self) -> str:
+        if self._endpoint_url is None:
+            return f"S3 object {self.uri}"
+        return f"S3 object {self.uri} at {_safe_url(self._endpoint_url)}"
+
+    def __repr__(self) -> str:
+        parts = [repr(self.uri)]
+        if self._endpoint_url is not None:
+            parts.append(f"endpoint_url={_safe_url(self._endpoint_url)!r}")
+        if self._label:
+            parts.append(f"label={self._label!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def load(self) -> StateDocument:
+        """Read the object; a missing object is an empty state.
+
+        Raises:
+            StateFormatError: the object is not valid state.
+            StateError: the bucket is missing, access is denied, the endpoint
+                cannot be reached, or the read failed otherwise.
+        """
+        document, _ = self._read()
+        return document
+
+    def save(self, updates: StateEntries) -> StateDocument:
+        """Merge ``updates`` into the object with a conditional write, retrying on conflict.
+
+        Raises:
+            StateFormatError: the stored object or ``updates`` is not valid
+                state; nothing was written.
+            StateConflictError: other writers changed the object on every one
+                of ``max_attempts`` rounds.
+            StateError: the object could not be read or written.
+        """
+        update_origin = f"state update for {self.description}"
+        validate_entries(updates, origin=update_origin)
+        # Serialising up front reports a bad value (NaN, a set, ...) before any
+        # request is made and names the update, not the object, as the culprit.
+        try:
+            StateDocument(entries=updates).to_json_bytes()
+        except (TypeError, ValueError) as exc:
+            raise StateFormatError(f"{update_origin} is not JSON-serialisable: {exc}") from None
+
+        backoff = _BACKOFF_START
+        for attempt in range(1, self._max_attempts + 1):
+            current, etag = self._read()
+            merged = current.merged(updates)
+            if etag is not None and merged == current:
+                # Nothing would change (e.g. every update is older than what is
+                # stored); skipping the write is equivalent to winning it.
+                return current
+            if self._put(merged.to_json_bytes(), etag):
+                return merged
+            if attempt < self._max_attempts:
+                # Jitter spreads out writers that collided so they do not
+                # collide again on the next round.
+                time.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+        raise StateConflictError(
+            f"{self._where()}: gave up saving state after {self._max_attempts} attempts:"
+            " other writers changed the object every time"
+        )
+
+    def probe(self) -> str:
+        """Check that the state can be read and return a one-line summary.
+
+        Meant for connection tests: it reports whether the object exists and
+        how many entries it holds, or, when there is no object yet, that the
+        bucket is reachable (so the first save can create it).
+
+        Raises:
+            StateFormatError: the object exists but is not valid state.
+            StateError: as for ``load``.
+        """
+        document, etag = self._read()
+        if etag is not None:
+            count = len(document.entries)
+            noun = "entry" if count == 1 else "entries"
+            return f"{self.description} found, {count:,} {noun}"
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._get_client().head_bucket(Bucket=self._bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("cannot check the bucket", exc) from None
+        return f"no state object yet at {self.uri}; bucket reachable"
+
+    def _read(self) -> tuple[StateDocument, str | None]:
+        """Return the stored document and its ETag, or an empty one and ``None``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._get_client()
+        try:
+            response = client.get_object(Bucket=self._bucket, Key=self._key)
+            data: bytes = response["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            if _error_code(exc) in _NO_SUCH_KEY_CODES:
+                return StateDocument.empty(), None
+            raise self._error("cannot read state", exc) from None
+        etag: str = response["ETag"]
+        return StateDocument.from_json_bytes(data, origin=self.description), etag
+
+    def _put(self, payload: bytes, etag: str | None) -> bool:
+        """Write ``payload`` if the object is unchanged since it was read.
+
+        Returns False when another writer got there first.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        try:
+            self._get_client().put_object(
+                Bucket=self._bucket,
+                Key=self._key,
+                Body=payload,
+                ContentType=_CONTENT_TYPE,
+                **condition,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            code = _error_code(exc)
+            # NoSuchKey on an If-Match write means the object was deleted after
+            # we read it: the next round sees it missing and creates it.
+            if code in _CONFLICT_CODES or (etag is not None and code in _NO_SUCH_KEY_CODES):
+                return False
+            raise self._error("cannot write state", exc) from None
+        return True
+
+    def _get_client(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._build_client()
+            return self._client
+
+    def _build_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+        from botocore.exceptions import BotoCoreError
+
+        options: dict[str, Any] = {
+            "connect_timeout": _CONNECT_TIMEOUT,
+            "read_timeout": _READ_TIMEOUT,
+            "retries": {"max_attempts": _CLIENT_MAX_ATTEMPTS, "mode": "standard"},
+        }
+        if self._endpoint_url is not None:
+            # S3-compatible stores (MinIO, Ceph, ...) commonly serve only
+            # path-style URLs and reject the checksum headers recent botocore
+            # sends by default; AWS itself needs neither setting.
+            options["s3"] = {"addressing_style": "path"}
+            options["request_checksum_calculation"] = "when_required"
+            options["response_checksum_validation"] = "when_required"
+        try:
+            session = boto3.session.Session(
+                aws_access_key_id=self._access_key_id,
+                aws_secret_access_key=self._secret_access_key,
+                aws_session_token=self._session_token,
+                region_name=self._region_name,
+            )
+            return session.client("s3", endpoint_url=self._endpoint_url, config=Config(**options))
+        except (BotoCoreError, ValueError) as exc:
+            raise self._error("cannot create the S3 client", exc) from None
+
+    def _where(self) -> str:
+        return f"{self.description} ({self._label})" if self._label else self.description
+
+    def _error(self, action: str, exc: BaseException) -> StateError:
+        """Turn a boto3/botocore failure into a ``StateError`` saying what is wrong."""
+        return StateError(self._redact(f"{self._where()}: {action}: {self._explain(exc)}"))
+
+    def _explain(self, exc: BaseException) -> str:
+        from botocore.exceptions import (
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            NoRegionError,
+            PartialCredentialsError,
+        )
+
+        code = _error_code(exc)
+        if code is not None:
+            return self._explain_code(code, exc)
+        if isinstance(exc, ConnectionError | HTTPClientError):
+            return f"cannot reach endpoint {self._endpoint_for_messages()}: {exc}"
+        if isinstance(exc, NoCredentialsError):
+            return (
+                "no AWS credentials found: set them on the connection or in the"
+                " default AWS credential chain (environment, ~/.aws, instance role)"
+            )
+        if isinstance(exc, PartialCredentialsError):
+            return f"incomplete AWS credentials: {exc}"
+        if isinstance(exc, NoRegionError):
+            return "no AWS region configured: set region_name on the connection"
+        return f"{type(exc).__name__}: {exc}"
+
+    def _explain_code(self, code: str, exc: BaseException) -> str:
+        if code in _NO_SUCH_BUCKET_CODES or code == "404":
+            return f"bucket {self._bucket!r} does not exist"
+        if code in _ACCESS_DENIED_CODES:
+            return (
+                f"access denied to {self.uri}: the credentials need s3:GetObject and"
+                " s3:PutObject on the key (and s3:ListBucket on the bucket)"
+            )
+        if code == "InvalidAccessKeyId":
+            return "the AWS access key id is not recognised by the endpoint"
+        if code == "SignatureDoesNotMatch":
+            return "the request signature was rejected: check the secret access key"
+        if code in {"ExpiredToken", "InvalidToken", "TokenRefreshRequired"}:
+            return "the AWS session token is invalid or has expired"
+        if code == "NotImplemented":
+            # Some S3-compatible stores lack conditional writes; without them
+            # concurrent saves could silently lose each other's entries.
+            return (
+                "the endpoint does not support a feature this store needs (conditional"
+                " writes with If-Match / If-None-Match)"
+            )
+        message = getattr(exc, "response", {}).get("Error", {}).get("Message") or str(exc)
+        return f"{code}: {message}"
+
+    def _endpoint_for_messages(self) -> str:
+        if self._endpoint_url is not None:
+            return _safe_url(self._endpoint_url)
+        client = self._client
+        endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+        return str(endpoint) if endpoint else "(default AWS endpoint)"
+
+    def _redact(self, text: str) -> str:
+        # Messages are built from botocore's text, which could in principle
+        # echo request details; secrets are masked as a last line of defence.
+        for secret in (self._secret_access_key, self._session_token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code of a botocore ``ClientError``, or ``None`` for other errors.
+
+    Responses to HEAD requests have no body, so their code is the bare HTTP
+    status ("404", "403").
+    """
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return None
+    code = response.get("Error", {}).get("Code")
+    if code:
+        return str(code)
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(status) if status else None
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, since it ends up in logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -114,7 +114,10 @@ class OrchestraDbtOperator(BaseOperator):
         from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
         from airflow_provider_orchestra_dbt.state import StateError
 
-        store, key_prefix = self._state_store()
+        try:
+            store, key_prefix = self._state_store()
+        except ValueError as exc:  # a misconfigured connection; the message names it
+            raise AirflowException(f"{self.task_id}: {exc}") from None
         try:
             config = DbtRunConfig.create(
                 project_dir=self.project_dir,

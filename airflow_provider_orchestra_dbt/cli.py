@@ -11,6 +11,7 @@ from pathlib import Path
 
 from airflow_provider_orchestra_dbt import __version__
 from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig
+from airflow_provider_orchestra_dbt.engine.picture import write_run_html
 from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateError
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-reuse", action="store_true", help="build everything, still record")
     parser.add_argument("--report", help="write a JSON report of every node's decision here")
+    parser.add_argument(
+        "--html", help="write a self-contained HTML picture of the run (the DAG by outcome) here"
+    )
     parser.add_argument("--target-path", help="keep dbt's artifacts here (default: a temp dir)")
     parser.add_argument("--dbt-python", help="interpreter for the dbt worker (default: this one)")
     parser.add_argument(
@@ -82,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    if args.html:
+        log.info("Wrote the picture of this run to %s", write_run_html(report, args.html))
     return report.exit_code
 
 

@@ -123,11 +123,20 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["software"],
             }
         ],
+        "operators": [
+            {
+                "integration-name": "Orchestra dbt",
+                "python-modules": ["airflow_provider_orchestra_dbt.operators.orchestra_dbt"],
+            }
+        ],
         "hooks": [
             {
                 "integration-name": "Orchestra dbt",
                 "python-modules": ["airflow_provider_orchestra_dbt.hooks.orchestra_dbt"],
             }
+        ],
+        "extra-links": [
+            "airflow_provider_orchestra_dbt.operators.orchestra_dbt.OrchestraDbtRunPictureLink"
         ],
         "connection-types": [
             {

@@ -12,7 +12,15 @@ export AIRFLOW_HOME="${AIRFLOW_HOME:-$PWD/.airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$PWD/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export TUTORIAL_DUCKDB_PATH="${TUTORIAL_DUCKDB_PATH:-$AIRFLOW_HOME/tutorial.duckdb}"
+export ORCHESTRA_DBT_TUTORIAL_MANIFEST="$AIRFLOW_HOME/orchestra_dbt/tutorial-target/manifest.json"
 mkdir -p "$AIRFLOW_HOME"
+
+# Deploy step: a manifest lets the DAG declare one Airflow Asset per model when it is parsed.
+# Artifacts go under AIRFLOW_HOME, never into the project.
+target_dir="$(dirname "$ORCHESTRA_DBT_TUTORIAL_MANIFEST")"
+DBT_SEND_ANONYMOUS_USAGE_STATS=false uv run --frozen dbt parse --quiet \
+  --project-dir tutorial --profiles-dir tutorial \
+  --target-path "$target_dir" --log-path "$target_dir/logs"
 
 uv run --frozen airflow db migrate >/dev/null
 echo "== run 1: builds what is new or changed (everything, the first time)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,16 @@ from airflow_provider_orchestra_dbt.engine.planner import Plan
 # Final outcome per node, as counted in summaries.
 BUILT, REUSED, FAILED, SKIPPED, NOT_RUN = "built", "reused", "failed", "skipped", "not_run"
 PASSED, WARNED = "passed", "warned"
+
+# The XCom return_value (``summary()``) stays under this many bytes of JSON, whatever the project
+# size (design §7 promises under 64 KB for 5,000 nodes; the rest is headroom for serialisers).
+SUMMARY_BUDGET_BYTES = 56 * 1024
+# Id lists in the summary, most important first: they keep their ids first when space is short.
+SUMMARY_ID_LISTS = (FAILED, SKIPPED, BUILT)
+FULL_LISTS_NOTE = (
+    "id lists shortened to fit the XCom budget (counts are exact); every node's outcome is "
+    "in the 'orchestra_dbt_nodes' XCom (push_node_details=True) and in the state store"
+)
 
 
 def node_outcome(is_test: bool, builds: bool, result: NodeResult | None) -> str:
@@ -43,6 +54,7 @@ class RunReport:
     state_updates: int = 0
     artifacts_dir: str | None = None
     run_info: Mapping[str, Any] = field(default_factory=dict)
+    invocation_id: str | None = None
 
     @property
     def success(self) -> bool:
@@ -76,7 +88,33 @@ class RunReport:
     # -- machine-readable ----------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
-        """Small and bounded by what ran: reused nodes are only counted (XCom return_value)."""
+        """Small whatever ran: the XCom return_value.
+
+        Reused nodes are only counted, and the id lists are cut to fit ``SUMMARY_BUDGET_BYTES``,
+        failed ids kept first. When ids were left out, ``truncated`` says how many per list and
+        ``full_lists`` where to find them; the counts are always exact.
+        """
+        full = self._summary_with_full_lists()
+        if _json_size(full) <= SUMMARY_BUDGET_BYTES:
+            return full
+        bounded = full | {name: [] for name in SUMMARY_ID_LISTS}
+        bounded["truncated"] = {name: len(full[name]) for name in SUMMARY_ID_LISTS}
+        bounded["full_lists"] = FULL_LISTS_NOTE
+        room = SUMMARY_BUDGET_BYTES - _json_size(bounded)
+        for name in SUMMARY_ID_LISTS:
+            kept: list[str] = []
+            for uid in full[name]:
+                cost = _json_size(uid) + 2  # the id and its ", " separator
+                if cost > room:
+                    break
+                kept.append(uid)
+                room -= cost
+            bounded[name] = kept
+            # At most as many digits as the count measured in `room`: still within budget.
+            bounded["truncated"][name] = len(full[name]) - len(kept)
+        return bounded
+
+    def _summary_with_full_lists(self) -> dict[str, Any]:
         outcomes = self.outcomes()
         tests = {uid for uid in outcomes if self.graph is not None and self.graph[uid].is_test}
         return {
@@ -87,12 +125,13 @@ class RunReport:
             "error": self.error,
             "dry_run": self.dry_run,
             "counts": self.counts(),
-            "built": sorted(u for u, o in outcomes.items() if o == BUILT and u not in tests),
-            "failed": sorted(u for u, o in outcomes.items() if o == FAILED),
-            "skipped": sorted(u for u, o in outcomes.items() if o == SKIPPED),
+            BUILT: sorted(u for u, o in outcomes.items() if o == BUILT and u not in tests),
+            FAILED: sorted(u for u, o in outcomes.items() if o == FAILED),
+            SKIPPED: sorted(u for u, o in outcomes.items() if o == SKIPPED),
             "time_saved_seconds": round(self.time_saved_seconds, 3),
             "state_updates": self.state_updates,
             "run": dict(self.run_info),
+            "invocation_id": self.invocation_id,
         }
 
     def node_details(self) -> list[dict[str, Any]]:
@@ -119,8 +158,8 @@ class RunReport:
         return details
 
     def to_json(self) -> dict[str, Any]:
-        """The CLI's --report: every node's decision and reason, plus the outcome lists."""
-        return self.summary() | {
+        """The CLI's --report: every node's decision and reason, plus the full outcome lists."""
+        return self._summary_with_full_lists() | {
             "reused": self.ids_with(REUSED),
             "nodes": self.node_details(),
         }
@@ -147,6 +186,10 @@ class RunReport:
             f"skipped={c[SKIPPED]} not_run={c[NOT_RUN]}; {tests}; "
             f"estimated warehouse time saved by reuse: {self.time_saved_seconds:.1f}s"
         )
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value).encode("utf-8"))
 
 
 def finished_node_line(event: Mapping[str, Any]) -> str:

@@ -108,6 +108,11 @@ class DbtSession:
         state = self._load_state()
         worker = self._start_worker(run_dir, target_path, state_aware=True)
         graph_message = worker.receive("graph")
+        self.log.info(
+            "dbt %s, worker python %s",
+            graph_message.get("dbt_version"),
+            graph_message.get("python"),
+        )
         graph = Graph.from_message(graph_message)
         selected = graph_message["selected"]
         sources, schemas = probe_targets(graph, selected)
@@ -174,7 +179,9 @@ class DbtSession:
             raise DbtRunError(f"dbt {config.command} crashed: {result.get('error')}")
         updates = self._record(graph, the_plan, state, probe)
         report = self._report(graph, the_plan, state, exit_code=exit_code, updates=updates)
-        report = replace(report, error=result.get("error"))
+        report = replace(
+            report, error=result.get("error"), invocation_id=result.get("invocation_id")
+        )
         self.log.info(report.summary_line())
         return report
 

@@ -12,19 +12,38 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import AssetAlias, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException
 
-if TYPE_CHECKING:
-    from airflow.sdk import Context
+from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef
 
+if TYPE_CHECKING:
+    from airflow.sdk import Asset, Context
+
+    from airflow_provider_orchestra_dbt.engine.report import RunReport
     from airflow_provider_orchestra_dbt.engine.session import DbtSession
     from airflow_provider_orchestra_dbt.state import StateStore
 
 NODE_DETAILS_XCOM_KEY = "orchestra_dbt_nodes"
+PICTURE_XCOM_KEY = "orchestra_dbt_picture"
 STATE_FILE_ENV = "ORCHESTRA_DBT_STATE_FILE"
+PICTURE_DIR_ENV = "ORCHESTRA_DBT_PICTURE_DIR"
+PICTURE_BASE_URL_ENV = "ORCHESTRA_DBT_PICTURE_BASE_URL"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+class OrchestraDbtRunPictureLink(BaseOperatorLink):
+    """The task's "dbt run picture" button: the HTML graph of what the run built and why."""
+
+    name = "dbt run picture"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        # Airflow 3 serves extra links from the XCom the task pushed under ``xcom_key``.
+        # (``Any``: the SDK's XCom wants its own protocol type for the same key.)
+        from airflow.sdk.bases.xcom import BaseXCom
+
+        return str(BaseXCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
 
 
 class OrchestraDbtOperator(BaseOperator):
@@ -49,6 +68,16 @@ class OrchestraDbtOperator(BaseOperator):
     :param dbt_python: interpreter for the dbt worker, e.g. a separate dbt virtualenv's python.
     :param push_node_details: also push per-node decisions and results to XCom
         (key ``orchestra_dbt_nodes``).
+    :param manifest_path: the project's ``manifest.json``, read when the DAG is parsed to
+        declare one Asset per selected model and one per source (default
+        ``<project_dir>/target/manifest.json``; produce it with ``dbt parse`` when deploying).
+    :param asset_translator: maps dbt nodes to Asset names/URIs/groups.
+    :param emit_assets: declare Assets and emit events for rebuilt models (default True).
+    :param picture_dir: where each try writes its picture, an HTML graph of the run (default
+        ``$ORCHESTRA_DBT_PICTURE_DIR``, else ``$AIRFLOW_HOME/orchestra_dbt/pictures``).
+    :param picture_base_url: URL under which ``picture_dir`` is served, for the task's
+        "dbt run picture" link (default ``$ORCHESTRA_DBT_PICTURE_BASE_URL``; else a
+        ``file://`` link).
     """
 
     template_fields: Sequence[str] = (
@@ -65,6 +94,7 @@ class OrchestraDbtOperator(BaseOperator):
     )
     template_fields_renderers = {"vars": "json", "env": "json", "dbt_args": "json"}
     ui_color = "#ff694a"
+    operator_extra_links = (OrchestraDbtRunPictureLink(),)
 
     def __init__(
         self,
@@ -86,6 +116,11 @@ class OrchestraDbtOperator(BaseOperator):
         dry_run: bool = False,
         dbt_python: str | None = None,
         push_node_details: bool = True,
+        manifest_path: str | os.PathLike[str] | None = None,
+        asset_translator: DbtAssetTranslator | None = None,
+        emit_assets: bool = True,
+        picture_dir: str | os.PathLike[str] | None = None,
+        picture_base_url: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -107,7 +142,16 @@ class OrchestraDbtOperator(BaseOperator):
         self.plan_only = dry_run
         self.dbt_python = dbt_python
         self.push_node_details = push_node_details
+        self.manifest_path = str(manifest_path) if manifest_path else None
+        self.asset_translator = asset_translator or DbtAssetTranslator()
+        self.emit_assets = emit_assets
+        self.picture_dir = str(picture_dir) if picture_dir else None
+        self.picture_base_url = picture_base_url
+        self.asset_alias = AssetAlias(name=f"orchestra_dbt/{self.dag_id}/{self.task_id}")
         self._session: DbtSession | None = None
+        self._report: RunReport | None = None
+        if emit_assets:
+            self._declare_assets()
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig
@@ -147,9 +191,15 @@ class OrchestraDbtOperator(BaseOperator):
             raise AirflowException(f"{self.task_id}: {exc}") from None
         finally:
             self._session = None
+        self._report = report
 
+        if self.emit_assets:
+            self._emit_asset_events(context, report)
         summary = report.summary()
         ti = context["ti"]
+        picture = self._write_picture(context, report)
+        if picture is not None:
+            summary["picture"] = str(picture)
         if self.push_node_details:
             ti.xcom_push(key=NODE_DETAILS_XCOM_KEY, value=report.node_details())
         if not report.success:
@@ -157,6 +207,191 @@ class OrchestraDbtOperator(BaseOperator):
             ti.xcom_push(key="return_value", value=summary)
             raise AirflowException(_failure_message(self.task_id, summary))
         return summary
+
+    # -- the run's picture --------------------------------------------------------------------
+
+    def _write_picture(self, context: Context, report: RunReport) -> Path | None:
+        """Write the HTML graph of this try; a failure here never fails the run."""
+        from airflow_provider_orchestra_dbt.engine.picture import write_run_html
+
+        ti = context["ti"]
+        root = Path(
+            self.picture_dir
+            or os.environ.get(PICTURE_DIR_ENV)
+            or Path(os.environ.get("AIRFLOW_HOME") or "~/airflow") / "orchestra_dbt" / "pictures"
+        ).expanduser()
+        mapped = f".{ti.map_index}" if getattr(ti, "map_index", -1) >= 0 else ""
+        relative = Path(
+            _safe(ti.dag_id),
+            _safe(ti.run_id),
+            f"{_safe(ti.task_id)}{mapped}.try{ti.try_number}.html",
+        )
+        try:
+            path = write_run_html(report, root / relative, title=f"{ti.dag_id} · {ti.task_id}")
+        except OSError as exc:
+            self.log.warning("Could not write the picture of this run: %s", exc)
+            return None
+        base = self.picture_base_url or os.environ.get(PICTURE_BASE_URL_ENV)
+        url = f"{base.rstrip('/')}/{relative.as_posix()}" if base else path.as_uri()
+        self.log.info("Picture of this run: %s", url)
+        ti.xcom_push(key=PICTURE_XCOM_KEY, value=str(path))
+        ti.xcom_push(key=OrchestraDbtRunPictureLink().xcom_key, value=url)
+        return path
+
+    # -- Assets and lineage ----------------------------------------------------------------------
+
+    def _declare_assets(self) -> None:
+        """Declare Assets from the manifest at parse time; never fails DAG parsing.
+
+        Airflow emits an event for every Asset in ``outlets`` when a task succeeds, so model
+        Assets are registered through ``inlets`` (next to the sources they are built from)
+        and events go through the AssetAlias outlet, only for models this run rebuilt.
+        Registering them up front also avoids Airflow creating them concurrently from two
+        tasks' alias events.
+        """
+        self.outlets = [*self.outlets, self.asset_alias]
+        declared = self._manifest_assets()
+        if declared:
+            self.inlets = [*self.inlets, *declared]
+
+    def _manifest_assets(self) -> list[Asset]:
+        from airflow_provider_orchestra_dbt.engine.manifest import load_manifest
+
+        if _templated(self.project_dir, self.profiles_dir, self.target, self.manifest_path):
+            return []
+        path = Path(self.manifest_path or Path(self.project_dir) / "target" / "manifest.json")
+        try:
+            index = load_manifest(path)
+        except (OSError, ValueError, KeyError) as exc:
+            self.log.debug("No Assets declared for %s: %s", self.task_id, exc)
+            return []
+        select = None if _templated(self.select, self.exclude) else self.select
+        exclude = None if select is None else self.exclude
+        selected = index.select(_as_list(select), _as_list(exclude))
+        models = [n for n in index.models() if selected is None or n.unique_id in selected]
+        wanted = {m.unique_id for m in models}
+        sources = {
+            p for m in models for p in m.depends_on if p.startswith("source.") and p in index.nodes
+        }
+        assets = []
+        for uid in sorted(wanted | sources):
+            node = index.nodes[uid]
+            ref = self._node_ref(
+                index.adapter_type,
+                uid,
+                node.resource_type,
+                node.name,
+                node.database,
+                node.schema,
+                node.identifier or node.name,
+                node.package_name,
+                node.source_name,
+            )
+            assets.append(self.asset_translator.asset(ref))
+        return assets
+
+    def _node_ref(
+        self,
+        adapter_type: str | None,
+        unique_id: str,
+        resource_type: str,
+        name: str,
+        database: str | None,
+        schema: str | None,
+        identifier: str,
+        package_name: str = "",
+        source_name: str | None = None,
+    ) -> DbtNodeRef:
+        from airflow_provider_orchestra_dbt.engine.warehouse import warehouse_for
+
+        warehouse = warehouse_for(
+            adapter_type,
+            project_dir=self.project_dir,
+            profiles_dir=self.profiles_dir,
+            target=self.target,
+            database=database,
+        )
+        return DbtNodeRef(
+            unique_id,
+            resource_type,
+            name,
+            database,
+            schema,
+            identifier,
+            warehouse,
+            package_name,
+            source_name,
+        )
+
+    def _refs(self, report: RunReport, unique_ids: list[str]) -> list[DbtNodeRef]:
+        graph = report.graph
+        if graph is None:
+            return []
+        refs = []
+        for uid in unique_ids:
+            node = graph.nodes.get(uid)
+            if node is None or not node.alias:
+                continue
+            refs.append(
+                self._node_ref(
+                    graph.adapter_type,
+                    uid,
+                    node.resource_type,
+                    node.name,
+                    node.database,
+                    node.schema,
+                    node.alias,
+                    node.package_name,
+                )
+            )
+        return refs
+
+    def _built_models(self, report: RunReport) -> list[str]:
+        graph = report.graph
+        return [
+            uid
+            for uid in report.ids_with("built")
+            if graph is not None and graph[uid].resource_type == "model"
+        ]
+
+    def _emit_asset_events(self, context: Context, report: RunReport) -> None:
+        events = context["outlet_events"][self.asset_alias]
+        for ref in self._refs(report, self._built_models(report)):
+            result = report.results.get(ref.unique_id)
+            events.add(
+                self.asset_translator.asset(ref),
+                extra={
+                    "unique_id": ref.unique_id,
+                    "status": result.status if result else None,
+                    "rows_affected": result.rows_affected if result else None,
+                    "execution_time": result.execution_time if result else None,
+                    "dbt_invocation_id": report.invocation_id,
+                },
+            )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Inputs and outputs of the nodes this run built (needs the OpenLineage provider)."""
+        report = self._report
+        if report is None or report.graph is None:
+            return None
+        try:
+            from airflow.providers.common.compat.openlineage.facet import Dataset
+            from airflow.providers.openlineage.extractors import OperatorLineage
+        except ImportError:
+            return None
+        graph = report.graph
+        built = [u for u in report.ids_with("built") if graph[u].is_stateful]
+        upstream = sorted(
+            {p for u in built for p in (*graph.upstream(u).nodes, *graph.upstream(u).sources)}
+        )
+
+        def datasets(ids: list[str]) -> list[Any]:
+            return [
+                Dataset(namespace=r.warehouse.namespace, name=r.dataset_name)
+                for r in self._refs(report, ids)
+            ]
+
+        return OperatorLineage(inputs=datasets(upstream), outputs=datasets(built))
 
     def on_kill(self) -> None:
         session = self._session
@@ -180,6 +415,21 @@ def default_state_file() -> Path:
         return Path(explicit).expanduser()
     home = os.environ.get("AIRFLOW_HOME") or "~/airflow"
     return Path(home).expanduser() / "orchestra_dbt" / "state.json"
+
+
+def _safe(part: str) -> str:
+    """A path component from an Airflow id (run ids hold ':' and '+')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(part))
+
+
+def _templated(*values: Any) -> bool:
+    return any("{{" in str(v) or "{%" in str(v) for v in values if v)
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _as_bool(name: str, value: bool | str) -> bool:

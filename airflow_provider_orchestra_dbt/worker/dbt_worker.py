@@ -194,6 +194,7 @@ class DbtSession:
             "type": "graph",
             "protocol": PROTOCOL_VERSION,
             "dbt_version": _dbt_version(),
+            "python": sys.executable,
             "adapter_type": getattr(getattr(config, "credentials", None), "type", None),
             "project_name": getattr(config, "project_name", None),
             "project_vars": _jsonable(getattr(getattr(config, "vars", None), "vars", {}) or {}),
@@ -331,6 +332,7 @@ class DbtSession:
             exit_code = 0 if result is not None and result.success else 1
         return {
             "type": "execute_result",
+            "invocation_id": _invocation_id(),
             "success": bool(result is not None and result.success),
             "exit_code": exit_code,
             "error": (
@@ -552,6 +554,15 @@ def _adapter() -> Any:
 def _adapter_config() -> Any:
     adapter = _adapter()
     return getattr(adapter, "config", None)
+
+
+def _invocation_id() -> str | None:
+    try:
+        from dbt_common.invocation import get_invocation_id
+
+        return str(get_invocation_id())
+    except Exception:  # only metadata: never fail a run over it
+        return None
 
 
 def _dbt_version() -> str:

@@ -73,16 +73,17 @@ def test_tutorial_dag_twice_second_run_reuses_everything(
     assert first["counts"]["built"] == 15 and _names(first["built"]) == STATEFUL
     assert first["counts"]["tests_passed"] > 40 and first["counts"]["reused"] == 0
     assert set(ws.state()) and {short(e["unique_id"]) for e in ws.state().values()} == STATEFUL
-    state_after_first = ws.state_file.read_bytes()
+    state_after_first = ws.state()
 
+    # The next day: only fct_daily_revenue reads the data interval, so only it is rebuilt.
     second_run = airflow_env.dags_test(dag, "2026-02-02", env)
     _ok(second_run)
     summary = airflow_env.xcom(dag, "dbt_build", logical_date="2026-02-02")
     counts = summary["counts"]
-    assert summary["success"] is True and summary["built"] == []
-    assert counts["built"] == 0 and counts["reused"] == 15
-    assert counts["tests_reused"] > 0
-    assert counts["tests_passed"] == counts["tests_failed"] == counts["tests_warned"] == 0
+    assert summary["success"] is True and _names(summary["built"]) == {"fct_daily_revenue"}
+    assert counts["built"] == 1 and counts["reused"] == 14
+    assert counts["tests_reused"] > 0 and counts["tests_failed"] == counts["tests_warned"] == 0
+    assert 0 < counts["tests_passed"] < 5, "only fct_daily_revenue's own tests ran"
     assert summary["run"]["dag_id"] == dag
     assert summary["run"]["run_id"] == airflow_env.run_id(dag, "2026-02-02")
 
@@ -90,12 +91,33 @@ def test_tutorial_dag_twice_second_run_reuses_everything(
     assert len(nodes) == sum(counts.values()), "one entry per planned node"
     assert len({n["unique_id"] for n in nodes}) == len(nodes)
     assert all(n["decision"] in ("build", "reuse") and n["reason"] for n in nodes)
-    assert set(_models(nodes, "reuse")) == STATEFUL and _models(nodes, "build") == {}
-    assert not [n for n in nodes if n["status"] is not None], "nothing was executed"
+    assert set(_models(nodes, "reuse")) == STATEFUL - {"fct_daily_revenue"}
+    assert _models(nodes, "build") == {"fct_daily_revenue": "code changed (vars)"}
 
-    assert ws.state_file.read_bytes() == state_after_first, "a reuse-only run changed state"
+    picture = Path(
+        airflow_env.xcom(dag, "dbt_build", "orchestra_dbt_picture", logical_date="2026-02-02")
+    )
+    assert picture.is_file() and "fct_daily_revenue" in picture.read_text()
+    assert summary["picture"] == str(picture)
+    link = airflow_env.xcom(
+        dag, "dbt_build", "_link_OrchestraDbtRunPictureLink", logical_date="2026-02-02"
+    )
+    assert link == picture.as_uri()
+    changed = {short(e["unique_id"]) for k, e in ws.state().items() if e != state_after_first[k]}
+    assert changed == {"fct_daily_revenue"}, "reused nodes' state must not change"
     assert tree_digest(ws.project) == digest
-    assert "dbt build: built=0 reused=15" in second_run.stdout
+    assert "dbt build: built=1 reused=14" in second_run.stdout
+    # Asset events: every model the first run built, then only fct_daily_revenue.
+    events = airflow_env.query(
+        "select a.name, count(*) from asset_event e join asset a on a.id = e.asset_id "
+        "where e.source_dag_id = ? group by a.name",
+        [dag],
+    )
+    assert dict(events)["tutorial.main.fct_daily_revenue"] == 2
+    assert {n for n, c in events if c == 1} == {
+        f"tutorial.main.{m}"
+        for m in STATEFUL - {"fct_daily_revenue", "country_codes", "customers_snapshot"}
+    }
 
 
 # -- 2. a failing model, then a real task retry -------------------------------------------------
@@ -203,6 +225,10 @@ def test_failed_model_state_is_saved_and_the_real_retry_builds_only_what_failed(
     assert "is being built in this run" in built["dim_customers"]
     assert set(_models(nodes, "reuse")) == STATEFUL - set(built)
     assert set(_models(nodes, "reuse")) >= ORDERS_DOWNSTREAM_OK, "try 1's work is reused"
+    # Try 2's log says why each node is built: its plan table is the last one printed.
+    try2_plan = result.stdout.rsplit("Plan (", 1)[1]
+    for name, reason in built.items():
+        assert re.search(rf"\.{name}\s+build\s+{re.escape(reason)}", try2_plan), name
     for key, entry in ws.state().items():
         if short(entry["unique_id"]) in set(built):
             assert entry["last_updated"] > try1_state[key]["last_updated"], key

@@ -254,8 +254,11 @@ def test_plan_runs_nothing_and_changes_no_state(ws: Workspace) -> None:
     ws.append("orders")
     tables = ws.tables()
     state = ws.state_file.read_bytes()
-    report = ws.run("plan")
+    picture = ws.root / "plan.html"
+    report = ws.run("plan", "--html", str(picture))
     assert report["dry_run"] is True
+    html = picture.read_text()
+    assert "will build" in html and "stg_orders" in html and "new data in source raw.orders" in html
     assert set(decisions(report)) == ORDERS_DOWNSTREAM
     assert built(report) == set() and report["counts"]["built"] == 0
     assert ws.tables() == tables

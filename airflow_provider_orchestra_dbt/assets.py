@@ -21,6 +21,8 @@ from airflow_provider_orchestra_dbt.engine.warehouse import Warehouse, warehouse
 if TYPE_CHECKING:
     from airflow.sdk import Asset
 
+    from airflow_provider_orchestra_dbt.engine.manifest import ManifestNode
+
 
 @dataclass(frozen=True)
 class DbtNodeRef:
@@ -94,6 +96,70 @@ def _parts(prefix: str | Sequence[str] | None) -> list[str]:
     return list(prefix)
 
 
+class NodeRefs:
+    """Builds DbtNodeRefs for one project and target, reading profiles.yml once per database."""
+
+    def __init__(
+        self,
+        adapter_type: str | None,
+        *,
+        project_dir: str | Path,
+        profiles_dir: str | Path | None,
+        target: str | None,
+    ) -> None:
+        self.adapter_type = adapter_type
+        self.project_dir = project_dir
+        self.profiles_dir = profiles_dir
+        self.target = target
+        self._warehouses: dict[str | None, Warehouse] = {}
+
+    def warehouse(self, database: str | None) -> Warehouse:
+        if database not in self._warehouses:
+            self._warehouses[database] = warehouse_for(
+                self.adapter_type,
+                project_dir=self.project_dir,
+                profiles_dir=self.profiles_dir,
+                target=self.target,
+                database=database,
+            )
+        return self._warehouses[database]
+
+    def ref(
+        self,
+        unique_id: str,
+        resource_type: str,
+        name: str,
+        database: str | None,
+        schema: str | None,
+        identifier: str,
+        package_name: str = "",
+        source_name: str | None = None,
+    ) -> DbtNodeRef:
+        return DbtNodeRef(
+            unique_id,
+            resource_type,
+            name,
+            database,
+            schema,
+            identifier,
+            self.warehouse(database),
+            package_name,
+            source_name,
+        )
+
+    def from_manifest(self, node: ManifestNode) -> DbtNodeRef:
+        return self.ref(
+            node.unique_id,
+            node.resource_type,
+            node.name,
+            node.database,
+            node.schema,
+            node.identifier or node.name,
+            node.package_name,
+            node.source_name,
+        )
+
+
 def dbt_model_asset(
     project_dir: str | Path,
     model: str,
@@ -112,23 +178,7 @@ def dbt_model_asset(
         raise ValueError(
             f"model {model!r}: {len(matches)} matches in the manifest of {project_dir}"
         )
-    node = matches[0]
-    warehouse = warehouse_for(
-        index.adapter_type,
-        project_dir=project_dir,
-        profiles_dir=profiles_dir,
-        target=target,
-        database=node.database,
+    refs = NodeRefs(
+        index.adapter_type, project_dir=project_dir, profiles_dir=profiles_dir, target=target
     )
-    ref = DbtNodeRef(
-        node.unique_id,
-        node.resource_type,
-        node.name,
-        node.database,
-        node.schema,
-        node.identifier or node.name,
-        warehouse,
-        node.package_name,
-        node.source_name,
-    )
-    return (translator or DbtAssetTranslator()).asset(ref)
+    return (translator or DbtAssetTranslator()).asset(refs.from_manifest(matches[0]))

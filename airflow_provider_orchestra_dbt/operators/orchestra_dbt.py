@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import AssetAlias, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef
+from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef, NodeRefs
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
@@ -273,78 +273,38 @@ class OrchestraDbtOperator(BaseOperator):
         sources = {
             p for m in models for p in m.depends_on if p.startswith("source.") and p in index.nodes
         }
-        assets = []
-        for uid in sorted(wanted | sources):
-            node = index.nodes[uid]
-            ref = self._node_ref(
-                index.adapter_type,
-                uid,
-                node.resource_type,
-                node.name,
-                node.database,
-                node.schema,
-                node.identifier or node.name,
-                node.package_name,
-                node.source_name,
-            )
-            assets.append(self.asset_translator.asset(ref))
-        return assets
+        refs = self._node_refs(index.adapter_type)
+        return [
+            self.asset_translator.asset(refs.from_manifest(index.nodes[uid]))
+            for uid in sorted(wanted | sources)
+        ]
 
-    def _node_ref(
-        self,
-        adapter_type: str | None,
-        unique_id: str,
-        resource_type: str,
-        name: str,
-        database: str | None,
-        schema: str | None,
-        identifier: str,
-        package_name: str = "",
-        source_name: str | None = None,
-    ) -> DbtNodeRef:
-        from airflow_provider_orchestra_dbt.engine.warehouse import warehouse_for
-
-        warehouse = warehouse_for(
+    def _node_refs(self, adapter_type: str | None) -> NodeRefs:
+        return NodeRefs(
             adapter_type,
             project_dir=self.project_dir,
             profiles_dir=self.profiles_dir,
             target=self.target,
-            database=database,
-        )
-        return DbtNodeRef(
-            unique_id,
-            resource_type,
-            name,
-            database,
-            schema,
-            identifier,
-            warehouse,
-            package_name,
-            source_name,
         )
 
     def _refs(self, report: RunReport, unique_ids: list[str]) -> list[DbtNodeRef]:
         graph = report.graph
         if graph is None:
             return []
-        refs = []
-        for uid in unique_ids:
-            node = graph.nodes.get(uid)
-            if node is None or not node.alias:
-                continue
-            refs.append(
-                self._node_ref(
-                    graph.adapter_type,
-                    uid,
-                    node.resource_type,
-                    node.name,
-                    node.database,
-                    node.schema,
-                    node.alias,
-                    node.package_name,
-                )
+        refs = self._node_refs(graph.adapter_type)
+        return [
+            refs.ref(
+                uid,
+                node.resource_type,
+                node.name,
+                node.database,
+                node.schema,
+                node.alias,
+                node.package_name,
             )
-        return refs
+            for uid in unique_ids
+            if (node := graph.nodes.get(uid)) is not None and node.alias
+        ]
 
     def _built_models(self, report: RunReport) -> list[str]:
         graph = report.graph

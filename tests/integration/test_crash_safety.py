@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import re
 import shutil
@@ -148,15 +147,3 @@ def test_sigkill_of_the_parent_while_it_saves_state(ws: Workspace, tmp_path: Pat
     assert "new data in source raw.orders" in {
         n["reason"].split(" (")[0] for n in report["nodes"] if n["unique_id"].endswith("stg_orders")
     }
-
-
-def test_an_unhandled_dbt_crash_fails_with_dbts_message_and_changes_no_state(
-    ws: Workspace, caplog: pytest.LogCaptureFixture
-) -> None:
-    ws.append("orders")
-    state = ws.state_file.read_bytes()
-    with caplog.at_level(logging.ERROR, logger="orchestra_dbt"):
-        ws.run("build", "--", "--no-such-dbt-flag", expect_exit=2)
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors and "dbt build crashed" in errors[-1] and "no-such-dbt-flag" in errors[-1]
-    assert ws.state_file.read_bytes() == state

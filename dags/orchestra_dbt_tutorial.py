@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import DAG, task
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtOperator
 
@@ -24,17 +25,21 @@ TUTORIAL_DIR = Path(
 # Written by `dbt parse` at deploy time (scripts/tutorial.sh); read when this file is parsed
 # to declare one Asset per model.
 MANIFEST = os.environ.get("ORCHESTRA_DBT_TUTORIAL_MANIFEST") or None
-# Runs without a logical date (triggered from the UI or API) fall back to their run_after.
-INTERVAL_START = "{{ (data_interval_start or dag_run.run_after - macros.timedelta(days=1)) | ds }}"
-INTERVAL_END = "{{ (data_interval_end or dag_run.run_after) | ds }}"
+# A run's data interval; runs without a logical date (triggered from the UI or the API) have
+# none and fall back to the day before their run_after.
+INTERVAL_START = (
+    "{{ (dag_run.data_interval_start or dag_run.run_after - macros.timedelta(days=1)) | ds }}"
+)
+INTERVAL_END = "{{ (dag_run.data_interval_end or dag_run.run_after) | ds }}"
 
 with DAG(
     dag_id="orchestra_dbt_tutorial",
-    schedule="@daily",
+    # Daily data intervals ([day, next day)): Airflow 3's plain "@daily" has zero-width ones.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    # One run at a time: a backfill still works in parallel (state merges per node), but
-    # runs that build the same tables at once would compete in the warehouse.
+    # One run at a time: DuckDB is a single-writer file. A backfill has its own limit, so
+    # pass `airflow backfill create ... --max-active-runs 1` too (see the README).
     max_active_runs=1,
     tags=["dbt", "orchestra", "tutorial"],
     doc_md=__doc__,

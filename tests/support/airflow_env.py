@@ -276,3 +276,59 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 30) -> No
     if proc.poll() is None:
         kill_group(proc.pid)
         proc.wait(timeout=timeout)
+
+
+# -- long-running Airflow components (scheduler, API server...) ---------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it; bind it soon after)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[Proc]:
+    """Every live process below ``pid`` (children, their children...), whatever their group."""
+    by_parent: dict[int, list[Proc]] = {}
+    for proc in processes():
+        by_parent.setdefault(proc.ppid, []).append(proc)
+    found: list[Proc] = []
+    pending = [pid]
+    while pending:
+        for child in by_parent.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child.pid)
+    return found
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """Stop processes started with ``start_new_session=True`` and everything below them.
+
+    SIGTERM to each group first (a graceful shutdown), SIGKILL to whatever is left after
+    ``timeout``, including descendants that moved to groups of their own (e.g. a dbt worker).
+    """
+    tree = {p.pid: p.cmdline for proc in procs for p in descendants(proc.pid)}
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for proc in procs:
+        tree.update((p.pid, p.cmdline) for p in descendants(proc.pid))
+        kill_group(proc.pid)
+    for pid, cmdline in tree.items():
+        left = process(pid)
+        if left is not None and left.cmdline == cmdline:  # not a recycled pid
+            if left.pgid == left.pid:
+                kill_group(pid)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    for proc in procs:
+        proc.wait(timeout=timeout)

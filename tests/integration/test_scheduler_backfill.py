@@ -1,0 +1,502 @@
+"""The tutorial DAGs under a real Airflow 3 scheduler: backfill, manual runs, Asset scheduling.
+
+One Airflow deployment for the module, as ``airflow standalone`` would run it, minus the
+triggerer (no deferrable task here): ``airflow api-server`` (the execution API the tasks talk
+to), ``airflow dag-processor`` and ``airflow scheduler`` with the LocalExecutor, all on SQLite
+in a temp ``AIRFLOW_HOME`` and on 127.0.0.1. The dags folder holds the tutorial DAG and the
+consumer DAG as shipped; the manifest they declare their Assets from is produced at "deploy
+time" with ``dbt parse --target-path`` (as ``scripts/tutorial.sh`` does).
+
+Unpausing the tutorial DAG makes the scheduler create its latest scheduled run (catchup is
+off): that first, normal run builds the fresh warehouse and the state, and triggers the
+consumer. The tests read every result back from the metadata DB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from support.airflow_env import (
+    AirflowEnv,
+    free_port,
+    fresh_workspace,
+    stop_processes,
+    tutorial_env,
+    wait_for,
+)
+from support.tutorial import REPO, STATEFUL, Workspace, short, tree_digest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+T = TypeVar("T")
+TUTORIAL = "orchestra_dbt_tutorial"
+CONSUMER = "orchestra_dbt_consumer"
+FCT_ORDERS = "tutorial.main.fct_orders"
+FCT_DAILY_REVENUE = "tutorial.main.fct_daily_revenue"
+FINISHED = ("success", "failed")
+STARTUP_TIMEOUT = 120.0
+RUN_TIMEOUT = 240.0
+BACKFILL_TIMEOUT = 360.0
+HEARTBEAT_SEC = 2
+
+
+def _model_assets(unique_ids: list[str]) -> set[str]:
+    """The Asset names the operator emits for what it built: models only, in schema ``main``."""
+    return {f"tutorial.main.{short(u)}" for u in unique_ids if u.startswith("model.")}
+
+
+def _decisions(nodes: list[dict[str, Any]], decision: str) -> dict[str, str]:
+    return {
+        short(n["unique_id"]): n["reason"]
+        for n in nodes
+        if n["decision"] == decision and n["resource_type"] not in ("test", "unit_test")
+    }
+
+
+def _db_time(value: str) -> datetime:
+    """A timestamp as Airflow stores it in SQLite (UTC, naive)."""
+    return datetime.fromisoformat(value)
+
+
+@dataclass
+class Deployment:
+    """A running Airflow (scheduler, dag-processor, API server) around one tutorial workspace."""
+
+    env: AirflowEnv
+    ws: Workspace
+    extra: dict[str, str]
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    project_digest: dict[str, str] = field(default_factory=dict)
+    first_run: str = ""
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def start(self, name: str, *args: str) -> None:
+        with (self.logs / f"{name}.log").open("wb") as sink:
+            self.procs[name] = subprocess.Popen(
+                self.env._argv(args),
+                env=self.env.environ(self.extra),
+                cwd=self.env.root,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+                raise AssertionError(f"airflow {name} exited ({proc.returncode}):\n{tail}")
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        result = self.env.airflow(*args, extra_env=self.extra, timeout=timeout)
+        assert result.returncode == 0, f"airflow {' '.join(args)}:\n{result.stdout[-4000:]}"
+        return result
+
+    def trigger(self, run_id: str, logical_date: str) -> None:
+        """``airflow dags trigger`` the tutorial with a run id and a logical date."""
+        self.cli("dags", "trigger", TUTORIAL, "--run-id", run_id, "--logical-date", logical_date)
+
+    def wait(self, condition: Callable[[], T | None], timeout: float, what: str) -> T:
+        """``wait_for``, failing fast if a component died and showing the runs on timeout."""
+
+        def check() -> T | None:
+            self.check_alive()
+            return condition()
+
+        try:
+            return wait_for(check, timeout, what, interval=0.5)
+        except AssertionError as exc:
+            runs = self.env.query("select dag_id, run_id, run_type, state from dag_run order by id")
+            tis = self.env.query(
+                "select dag_id, run_id, task_id, state from task_instance order by start_date"
+            )
+            raise AssertionError(f"{exc}\nDAG runs: {runs}\ntask instances: {tis}") from None
+
+    # -- the metadata DB ---------------------------------------------------------------------
+
+    def run_row(self, run_id: str, dag_id: str = TUTORIAL) -> dict[str, Any]:
+        cols = (
+            "id", "run_id", "run_type", "state", "logical_date", "data_interval_start",
+            "data_interval_end", "run_after", "end_date", "backfill_id",
+        )  # fmt: skip
+        rows = self.env.query(
+            f"select {', '.join(cols)} from dag_run where dag_id = ? and run_id = ?",
+            (dag_id, run_id),
+        )
+        assert len(rows) == 1, f"{dag_id} {run_id}: {len(rows)} DAG runs"
+        return dict(zip(cols, rows[0], strict=True))
+
+    def wait_finished(self, run_ids: list[str], timeout: float = RUN_TIMEOUT) -> None:
+        def done() -> bool:
+            states = [self.run_row(r)["state"] for r in run_ids]
+            return all(s in FINISHED for s in states)
+
+        self.wait(done, timeout, f"{TUTORIAL} runs {run_ids} to finish")
+
+    def xcom(
+        self,
+        run_id: str,
+        key: str = "return_value",
+        *,
+        dag_id: str = TUTORIAL,
+        task_id: str = "dbt_build",
+    ) -> Any:
+        rows = self.env.query(
+            "select value from xcom where dag_id = ? and run_id = ? and task_id = ? "
+            "and map_index = -1 and key = ?",
+            (dag_id, run_id, task_id, key),
+        )
+        assert rows, f"no XCom {key!r} for {dag_id}.{task_id} in {run_id}"
+        return json.loads(rows[0][0])
+
+    def rendered_vars(self, run_id: str) -> dict[str, Any]:
+        rows = self.env.query(
+            "select rendered_fields from rendered_task_instance_fields "
+            "where dag_id = ? and run_id = ? and task_id = 'dbt_build' and map_index = -1",
+            (TUTORIAL, run_id),
+        )
+        assert rows, f"no rendered fields for dbt_build in {run_id}"
+        rendered: dict[str, Any] = json.loads(rows[0][0])["vars"]
+        return rendered
+
+    def task_log(self, run_id: str, task_id: str = "dbt_build") -> str:
+        path = (
+            self.env.home / "logs" / f"dag_id={TUTORIAL}" / f"run_id={run_id}"
+            / f"task_id={task_id}" / "attempt=1.log"
+        )  # fmt: skip
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def events(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Asset events recorded for a tutorial run: Asset name -> the event's extra."""
+        rows = self.env.query(
+            "select a.name, e.extra, e.source_task_id from asset_event e "
+            "join asset a on a.id = e.asset_id where e.source_dag_id = ? and e.source_run_id = ?",
+            (TUTORIAL, run_id),
+        )
+        assert all(task == "dbt_build" for _, _, task in rows), rows
+        names = [name for name, _, _ in rows]
+        assert len(names) == len(set(names)), f"duplicate events in {run_id}: {names}"
+        return {name: json.loads(extra) for name, extra, _ in rows}
+
+    def consumer_runs(self, triggered_by: str | None = None) -> dict[str, dict[str, Any]]:
+        """Consumer runs (run_id -> row); with ``triggered_by``, only those a run's events queued.
+
+        Which events triggered a run is the ``dagrun_asset_event`` association.
+        """
+        sql = (
+            "select dr.run_id, dr.run_type, dr.state, group_concat(a.name), "
+            "group_concat(e.source_run_id) from dag_run dr "
+            "left join dagrun_asset_event x on x.dag_run_id = dr.id "
+            "left join asset_event e on e.id = x.event_id "
+            "left join asset a on a.id = e.asset_id where dr.dag_id = ? group by dr.id"
+        )
+        found = {}
+        for run_id, run_type, state, assets, sources in self.env.query(sql, (CONSUMER,)):
+            source_runs = set((sources or "").split(",")) - {""}
+            if triggered_by is None or triggered_by in source_runs:
+                found[run_id] = {
+                    "run_type": run_type,
+                    "state": state,
+                    "assets": set((assets or "").split(",")) - {""},
+                    "source_runs": source_runs,
+                }
+        return found
+
+    def queued_for_consumer(self) -> list[tuple[Any, ...]]:
+        return self.env.query(
+            "select asset_id, created_at from asset_dag_run_queue where target_dag_id = ?",
+            (CONSUMER,),
+        )
+
+    def wait_scheduler_loops(self, after: str, loops: int = 2) -> None:
+        """Wait until the scheduler heartbeat twice after ``after`` (a DB timestamp).
+
+        The scheduler heartbeats at the end of a loop (at most every HEARTBEAT_SEC): the
+        second heartbeat after ``after`` closes a loop that started after ``after`` and so
+        looked at the Asset queue (``_create_dagruns_for_dags``) with everything recorded by
+        then. A robust "the scheduler had its chance" signal, unlike a sleep.
+        """
+        seen: set[str] = set()
+
+        def beats() -> bool:
+            rows = self.env.query(
+                "select latest_heartbeat from job where job_type = 'SchedulerJob' "
+                "and state = 'running'"
+            )
+            seen.update(str(r[0]) for r in rows if r[0] and str(r[0]) > after)
+            return len(seen) >= loops
+
+        self.wait(beats, 20 * HEARTBEAT_SEC + 30, f"{loops} scheduler loops after {after}")
+
+    def wait_consumer_run_from(self, run_id: str) -> dict[str, Any]:
+        """The consumer run the events of ``run_id`` triggered, once it finished."""
+
+        def finished() -> dict[str, dict[str, Any]] | None:
+            runs = self.consumer_runs(triggered_by=run_id)
+            return runs if runs and all(r["state"] in FINISHED for r in runs.values()) else None
+
+        runs = self.wait(finished, RUN_TIMEOUT, f"the consumer run triggered by {run_id}")
+        assert len(runs) == 1, f"{run_id} triggered {len(runs)} consumer runs: {runs}"
+        ((consumer_run_id, row),) = runs.items()
+        return row | {"run_id": consumer_run_id}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("scheduler")
+    ws = fresh_workspace(root / "ws")
+    logs = root / "logs"
+    logs.mkdir()
+    target = root / "target"
+
+    # Deploy step (scripts/tutorial.sh): the manifest, outside the project; in parallel with
+    # the metadata DB migration.
+    dbt_env = os.environ | tutorial_env(ws) | {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
+    dbt = Path(sys.executable).parent / "dbt"
+    parse_argv = [
+        str(dbt), "parse", "--quiet",
+        "--project-dir", str(ws.project), "--profiles-dir", str(ws.project),
+        "--target-path", str(target), "--log-path", str(root / "dbt-logs"),
+    ]  # fmt: skip
+    with (logs / "dbt-parse.log").open("wb") as sink:
+        parse = subprocess.Popen(
+            parse_argv,
+            env={k: v for k, v in dbt_env.items() if not k.startswith("AIRFLOW")},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        env = AirflowEnv.create(root / "airflow")
+        assert parse.wait(timeout=300) == 0, (logs / "dbt-parse.log").read_text()
+    finally:
+        if parse.poll() is None:
+            parse.kill()
+            parse.wait()
+    assert (target / "manifest.json").is_file()
+    for dag_file in ("orchestra_dbt_tutorial.py", "orchestra_dbt_consumer.py"):
+        env.add_dag(dag_file, (REPO / "dags" / dag_file).read_text())
+
+    port = free_port()
+    extra = tutorial_env(ws) | {
+        "ORCHESTRA_DBT_TUTORIAL_MANIFEST": str(target / "manifest.json"),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+        # What `airflow standalone` runs on SQLite: the LocalExecutor (3.x has no
+        # SequentialExecutor); tasks reach the metadata DB through the execution API only.
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        # The scheduler signs the task identity tokens the API server checks.
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": str(HEARTBEAT_SEC),
+    }
+    deployment = Deployment(env=env, ws=ws, extra=extra, logs=logs)
+    deployment.project_digest = tree_digest(ws.project)
+    try:
+        deployment.start(
+            "api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"
+        )
+        deployment.start("dag-processor", "dag-processor")
+        # No log-serving sub-process: logs are files under AIRFLOW_HOME, and nothing else binds.
+        deployment.start("scheduler", "scheduler", "--skip-serve-logs")
+
+        def api_up() -> bool:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/execution/health", timeout=15
+                ) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        deployment.wait(api_up, STARTUP_TIMEOUT, "the execution API")
+
+        def parsed() -> bool:
+            dags = {r[0] for r in env.query("select dag_id from dag where is_stale = 0")}
+            consumer_on_asset = env.query(
+                "select 1 from dag_schedule_asset_reference r join asset a on a.id = r.asset_id "
+                "where r.dag_id = ? and a.name = ?",
+                (CONSUMER, FCT_ORDERS),
+            )
+            return dags >= {TUTORIAL, CONSUMER} and bool(consumer_on_asset)
+
+        deployment.wait(parsed, STARTUP_TIMEOUT, "both DAGs to be parsed")
+        # One call, so the consumer listens before the tutorial's first run emits anything.
+        deployment.cli(
+            "dags", "unpause", "--treat-dag-id-as-regex", "--yes", f"^({TUTORIAL}|{CONSUMER})$"
+        )
+        assert env.query("select count(*) from dag where is_paused = 0") == [(2,)]
+
+        # Catchup is off: the scheduler creates one run, for the latest interval.
+        def first_run() -> str | None:
+            rows = env.query(
+                "select run_id from dag_run where dag_id = ? and run_type = 'scheduled'",
+                (TUTORIAL,),
+            )
+            return str(rows[0][0]) if rows else None
+
+        deployment.first_run = deployment.wait(first_run, 60, "the first scheduled run")
+        deployment.wait_finished([deployment.first_run])
+        yield deployment
+    finally:
+        stop_processes(list(deployment.procs.values()))
+
+
+# -- 1. backfill ---------------------------------------------------------------------------------
+
+
+def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    first = d.first_run
+    assert d.run_row(first)["state"] == "success", d.task_log(first)
+    summary = d.xcom(first)
+    assert {short(u) for u in summary["built"]} == STATEFUL, "the first run builds everything"
+    events = d.events(first)
+    assert set(events) == _model_assets(summary["built"]) and FCT_ORDERS in events
+    consumer = d.wait_consumer_run_from(first)
+    assert consumer["run_type"] == "asset_triggered" and consumer["state"] == "success"
+    assert consumer["assets"] == {FCT_ORDERS}
+
+    result = d.cli(
+        "backfill", "create", "--dag-id", TUTORIAL,
+        "--from-date", "2026-01-03", "--to-date", "2026-01-05",
+        # One run at a time: DuckDB takes a file lock, so parallel runs of this DAG fail.
+        "--max-active-runs", "1",
+    )  # fmt: skip
+    (backfill_id,) = d.env.query(
+        "select id from backfill where dag_id = ? and from_date like '2026-01-03%'", (TUTORIAL,)
+    )[0]
+    runs = [
+        str(r[0])
+        for r in d.env.query(
+            "select run_id from dag_run where backfill_id = ? order by logical_date",
+            (backfill_id,),
+        )
+    ]
+    assert len(runs) == 3, result.stdout[-3000:]
+    d.wait_finished(runs, timeout=BACKFILL_TIMEOUT)
+
+    for run_id, day in zip(runs, ("2026-01-03", "2026-01-04", "2026-01-05"), strict=True):
+        row = d.run_row(run_id)
+        assert row["run_type"] == "backfill" and row["logical_date"].startswith(day), row
+        assert row["state"] == "success", d.task_log(run_id)[-6000:]
+        # The vars are the run's data interval: one whole day, [day, next day).
+        next_day = (datetime.fromisoformat(day) + timedelta(days=1)).date().isoformat()
+        assert row["data_interval_start"].startswith(day), row
+        assert d.rendered_vars(run_id) == {
+            "data_interval_start": day,
+            "data_interval_end": next_day,
+        }
+        summary = d.xcom(run_id)
+        assert summary["success"] is True and summary["run"]["run_id"] == run_id
+        assert [short(u) for u in summary["built"]] == ["fct_daily_revenue"]
+        assert summary["counts"]["built"] == 1 and summary["counts"]["reused"] == 14
+        nodes = d.xcom(run_id, "orchestra_dbt_nodes")
+        assert _decisions(nodes, "build") == {"fct_daily_revenue": "code changed (vars)"}
+        assert set(_decisions(nodes, "reuse")) == STATEFUL - {"fct_daily_revenue"}
+        # Asset events: only the model this run rebuilt, stamped with this dbt invocation.
+        events = d.events(run_id)
+        assert set(events) == {FCT_DAILY_REVENUE}
+        assert events[FCT_DAILY_REVENUE]["dbt_invocation_id"] == summary["invocation_id"]
+        assert events[FCT_DAILY_REVENUE]["unique_id"] == summary["built"][0]
+
+    # fct_orders was reused by every backfill run: no consumer run may come of them.
+    d.wait_scheduler_loops(after=max(d.run_row(r)["end_date"] for r in runs))
+    for run_id in runs:
+        assert d.consumer_runs(triggered_by=run_id) == {}
+    assert d.queued_for_consumer() == []
+    assert tree_digest(d.ws.project) == d.project_digest
+
+
+# -- 2. a run without a logical date ---------------------------------------------------------------
+
+
+def test_run_without_logical_date_falls_back_to_run_after(deployment: Deployment) -> None:
+    d = deployment
+    result = d.cli("dags", "trigger", TUTORIAL, "--output", "json")
+    (triggered,) = json.loads(next(ln for ln in result.stdout.splitlines() if ln.startswith("[")))
+    run_id = triggered["dag_run_id"]
+    assert triggered["logical_date"] is None
+    d.wait_finished([run_id])
+
+    row = d.run_row(run_id)
+    assert row["run_type"] == "manual"
+    assert row["logical_date"] is None and row["data_interval_start"] is None
+    assert row["state"] == "success", d.task_log(run_id)[-6000:]
+    run_after = _db_time(row["run_after"])
+    assert d.rendered_vars(run_id) == {
+        "data_interval_start": (run_after - timedelta(days=1)).date().isoformat(),
+        "data_interval_end": run_after.date().isoformat(),
+    }
+    summary = d.xcom(run_id)
+    assert summary["success"] is True
+    nodes = d.xcom(run_id, "orchestra_dbt_nodes")
+    assert _decisions(nodes, "build").get("fct_daily_revenue") == "code changed (vars)"
+    assert set(d.events(run_id)) == _model_assets(summary["built"])
+
+
+# -- 3. the Asset-scheduled consumer ---------------------------------------------------------------
+
+
+def test_consumer_runs_after_fct_orders_is_rebuilt_and_not_after_it_is_reused(
+    deployment: Deployment,
+) -> None:
+    d = deployment
+    consumers_before = set(d.consumer_runs())
+    d.ws.append("orders", 3)  # new raw orders: fct_orders must be rebuilt
+
+    rebuilt, reused = "consumer_check_rebuild", "consumer_check_reuse"
+    d.trigger(rebuilt, "2026-02-01T00:00:00+00:00")
+    d.wait_finished([rebuilt])
+    assert d.run_row(rebuilt)["state"] == "success", d.task_log(rebuilt)[-6000:]
+    summary = d.xcom(rebuilt)
+    built = {short(u) for u in summary["built"]}
+    assert {"stg_orders", "int_orders_enriched", "fct_orders"} <= built
+    events = d.events(rebuilt)
+    assert set(events) == _model_assets(summary["built"])
+    fct_orders_event = events[FCT_ORDERS]
+    assert fct_orders_event["unique_id"] == "model.orchestra_tutorial.fct_orders"
+    assert fct_orders_event["dbt_invocation_id"] == summary["invocation_id"]
+
+    consumer = d.wait_consumer_run_from(rebuilt)
+    assert consumer["run_type"] == "asset_triggered" and consumer["state"] == "success"
+    assert consumer["assets"] == {FCT_ORDERS} and consumer["source_runs"] == {rebuilt}
+    task_state = d.env.query(
+        "select state from task_instance where dag_id = ? and run_id = ? "
+        "and task_id = 'report_on_orders'",
+        (CONSUMER, consumer["run_id"]),
+    )
+    assert task_state == [("success",)]
+    # The consumer read the event through inlet_events and returned its extra.
+    report = d.xcom(consumer["run_id"], dag_id=CONSUMER, task_id="report_on_orders")
+    assert report == fct_orders_event
+
+    # Nothing new: the next run reuses fct_orders, emits no event for it, triggers nothing.
+    d.trigger(reused, "2026-02-02T00:00:00+00:00")
+    d.wait_finished([reused])
+    row = d.run_row(reused)
+    assert row["state"] == "success", d.task_log(reused)[-6000:]
+    summary = d.xcom(reused)
+    assert "fct_orders" not in {short(u) for u in summary["built"]}
+    assert "fct_orders" in _decisions(d.xcom(reused, "orchestra_dbt_nodes"), "reuse")
+    assert FCT_ORDERS not in d.events(reused)
+    assert set(d.events(reused)) == _model_assets(summary["built"])
+    d.wait_scheduler_loops(after=row["end_date"])
+    assert d.consumer_runs(triggered_by=reused) == {}
+    assert set(d.consumer_runs()) - consumers_before == {consumer["run_id"]}
+    assert d.queued_for_consumer() == []
+    assert tree_digest(d.ws.project) == d.project_digest

@@ -40,6 +40,15 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+# Quoted text (kept verbatim) and comments (a gap); the code between them only has its
+# whitespace collapsed, which str.split does at C speed: large projects hash thousands of models.
+_QUOTED_OR_COMMENT = re.compile(
+    r"""(?P<quoted>'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|`[^`]*`?)"""
+    r"|--[^\n]*|/\*.*?(?:\*/|\Z)",
+    re.DOTALL,
+)
+
+
 def normalize_sql(text: str) -> str:
     """Drop comments and collapse whitespace outside quoted strings.
 
@@ -47,41 +56,43 @@ def normalize_sql(text: str) -> str:
     """
     text = _JINJA_COMMENT.sub(" ", text)
     out: list[str] = []
-    i, n = 0, len(text)
     pending_space = False
-    while i < n:
-        ch = text[i]
-        if ch in "'\"`":
-            end = i + 1
-            while end < n and text[end] != ch:
-                end += 2 if text[end] == "\\" else 1
-            if pending_space and out:
-                out.append(" ")
-            pending_space = False
-            out.append(text[i : end + 1])
-            i = end + 1
-        elif text.startswith("--", i):
-            newline = text.find("\n", i)
-            i = n if newline == -1 else newline
+
+    def emit(piece: str) -> None:
+        nonlocal pending_space
+        if pending_space and out:
+            out.append(" ")
+        pending_space = False
+        out.append(piece)
+
+    def code(segment: str) -> None:
+        nonlocal pending_space
+        if not segment:
+            return
+        if segment[0].isspace():
             pending_space = True
-        elif text.startswith("/*", i):
-            close = text.find("*/", i + 2)
-            i = n if close == -1 else close + 2
-            pending_space = True
-        elif ch.isspace():
-            pending_space = True
-            i += 1
+        words = segment.split()
+        if words:
+            emit(" ".join(words))
+            if segment[-1].isspace():
+                pending_space = True
+
+    position = 0
+    for match in _QUOTED_OR_COMMENT.finditer(text):
+        code(text[position : match.start()])
+        if match.group("quoted") is not None:
+            emit(match.group())
         else:
-            if pending_space and out:
-                out.append(" ")
-            pending_space = False
-            out.append(ch)
-            i += 1
+            pending_space = True
+        position = match.end()
+    code(text[position:])
     return "".join(out)
 
 
 def names_read(text: str) -> tuple[set[str], set[str]]:
     """The var and env_var names a piece of Jinja/SQL reads by literal name."""
+    if "var(" not in text:  # most models read none; skip both scans
+        return set(), set()
     return set(_VAR_CALL.findall(text)), set(_ENV_VAR_CALL.findall(text))
 
 
@@ -114,6 +125,9 @@ class Fingerprinter:
         self._env = env
         self._cache: dict[str, Fingerprint] = {}
         self._macro_text: dict[str, str] = {}
+        self._macro_digest: dict[str, str] = {}
+        self._macro_names: dict[str, tuple[set[str], set[str]]] = {}
+        self._closure: dict[tuple[str, ...], list[str]] = {}
 
     def __call__(self, unique_id: str) -> Fingerprint:
         cached = self._cache.get(unique_id)
@@ -124,12 +138,10 @@ class Fingerprinter:
 
     def _compute(self, node: Node) -> Fingerprint:
         graph = self._graph
-        macro_ids = graph.macro_closure(node.macros)
-        texts = [node.raw_code] + [self._macro_sql(m) for m in macro_ids]
-        var_names: set[str] = set()
-        env_names: set[str] = set()
-        for text in texts:
-            v, e = names_read(text)
+        macro_ids = self._macro_closure(node.macros)
+        var_names, env_names = names_read(node.raw_code)
+        for macro_id in macro_ids:
+            v, e = self._names_in_macro(macro_id)
             var_names |= v
             env_names |= e
         code: dict[str, Any] = {
@@ -148,7 +160,7 @@ class Fingerprinter:
         parts = {
             "code": _digest(code),
             "config": _digest(config),
-            "macros": _digest({m: _digest(self._macro_sql(m)) for m in macro_ids}),
+            "macros": _digest({m: self._macro_sql_digest(m) for m in macro_ids}),
             "vars": _digest(
                 {
                     name: resolve_var(name, node.package_name, self._cli_vars, graph.project_vars)
@@ -158,6 +170,24 @@ class Fingerprinter:
             "env_vars": _digest({name: self._env.get(name, _UNSET) for name in sorted(env_names)}),
         }
         return Fingerprint(checksum=_digest(parts), parts=parts)
+
+    # Macros are shared by many nodes: work on each is done once per run.
+
+    def _macro_closure(self, direct: tuple[str, ...]) -> list[str]:
+        key = tuple(sorted(direct))
+        if key not in self._closure:
+            self._closure[key] = self._graph.macro_closure(key)
+        return self._closure[key]
+
+    def _macro_sql_digest(self, macro_id: str) -> str:
+        if macro_id not in self._macro_digest:
+            self._macro_digest[macro_id] = _digest(self._macro_sql(macro_id))
+        return self._macro_digest[macro_id]
+
+    def _names_in_macro(self, macro_id: str) -> tuple[set[str], set[str]]:
+        if macro_id not in self._macro_names:
+            self._macro_names[macro_id] = names_read(self._macro_sql(macro_id))
+        return self._macro_names[macro_id]
 
     def _macro_sql(self, macro_id: str) -> str:
         text = self._macro_text.get(macro_id)

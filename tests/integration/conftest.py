@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.airflow_env import AirflowEnv
-from support.tutorial import REPO, Baseline, Workspace
+from support.postgres import PgServer, PostgresUnavailable, postgres_server
+from support.tutorial import REPO, Baseline, PgDatabase, Workspace
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,8 +21,58 @@ def _dbt_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def baseline(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> Baseline:
+def pg_server() -> Iterator[PgServer]:
+    """PostgreSQL for the postgres-target tests, set up the first time one of them runs.
+
+    A throwaway cluster on 127.0.0.1, stopped at the end of the session whatever happened;
+    or the existing server named by ORCHESTRA_TEST_PG_HOST/PORT/USER/PASSWORD (see
+    support/postgres.py). Without either, the tests are skipped, but fail under CI.
+    """
+    try:
+        with postgres_server() as server:
+            yield server
+    except PostgresUnavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs PostgreSQL: {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_server: PgServer) -> Iterator[PgDatabase]:
+    """The database postgres workspaces build into, and the template they are reset from."""
+    # Our own cluster: the profile's default name. Someone else's server: a name of our own,
+    # so that no database of theirs (say, the tutorial's) is dropped; removed afterwards.
+    name = "tutorial" if pg_server.throwaway else f"orchestra_dbt_test_{os.getpid()}"
+    database = PgDatabase(pg_server, name, f"{name}_baseline")
+    yield database
+    if not pg_server.throwaway:
+        pg_server.drop(database.name, database.template)
+
+
+@pytest.fixture(scope="session")
+def duckdb_baseline(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> Baseline:
     return Baseline(tmp_path_factory.mktemp("baseline"))
+
+
+@pytest.fixture(scope="session")
+def postgres_baseline(
+    tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None, pg_database: PgDatabase
+) -> Baseline:
+    return Baseline(tmp_path_factory.mktemp("baseline-postgres"), pg_database)
+
+
+@pytest.fixture
+def target() -> str:
+    """The tutorial target ``baseline`` and ``ws`` use: DuckDB, unless a module parametrises
+    ``target`` (``pytest.mark.parametrize("target", TARGETS)``, as test_reuse.py does)."""
+    return "duckdb"
+
+
+@pytest.fixture
+def baseline(request: pytest.FixtureRequest, target: str) -> Baseline:
+    # Looked up by name so that PostgreSQL starts only when a postgres test runs.
+    built: Baseline = request.getfixturevalue(f"{target}_baseline")
+    return built
 
 
 @pytest.fixture

@@ -110,8 +110,8 @@ def test_tutorial_dag_twice_second_run_reuses_everything(
     # Asset events: every model the first run built, then only fct_daily_revenue.
     events = airflow_env.query(
         "select a.name, count(*) from asset_event e join asset a on a.id = e.asset_id "
-        "where e.source_dag_id = ? group by a.name",
-        [dag],
+        "where e.source_dag_id = ? and e.source_run_id in (?, ?) group by a.name",
+        [dag, airflow_env.run_id(dag, "2026-02-01"), airflow_env.run_id(dag, "2026-02-02")],
     )
     assert dict(events)["tutorial.main.fct_daily_revenue"] == 2
     assert {n for n, c in events if c == 1} == {

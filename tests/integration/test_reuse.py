@@ -1,5 +1,7 @@
-"""Reuse semantics (design §4) on real dbt-duckdb runs of the tutorial project, via the CLI.
+"""Reuse semantics (design §4) on real dbt runs of the tutorial project, via the CLI.
 
+Every case runs on both targets of the tutorial profile: DuckDB and PostgreSQL (a throwaway
+local cluster, or the server named by ORCHESTRA_TEST_PG_*; see tests/support/postgres.py).
 Every run goes through ``Workspace.run``, which also asserts the project directory is
 byte-identical afterwards.
 """
@@ -10,8 +12,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 from support.tutorial import (
     STATEFUL,
+    TARGETS,
     Baseline,
     Workspace,
     built,
@@ -21,7 +25,8 @@ from support.tutorial import (
     short,
 )
 
-pytestmark = pytest.mark.integration
+# ``target`` feeds the ``baseline`` and ``ws`` fixtures (tests/integration/conftest.py).
+pytestmark = [pytest.mark.integration, pytest.mark.parametrize("target", TARGETS)]
 
 ORDERS_DOWNSTREAM = {
     "stg_orders", "int_orders_enriched", "int_customer_orders", "fct_orders",
@@ -196,22 +201,36 @@ def test_failing_error_test_marks_the_model_and_blocks_downstream_until_fixed(
 
 
 def test_a_table_dropped_out_of_band_is_rebuilt(ws: Workspace) -> None:
-    ws.sql("drop table main.mart_order_status")
+    ws.sql(f"drop table {ws.schema}.mart_order_status")
     report = ws.run()
     assert built(report) == {"mart_order_status"}
     assert decisions(report)["mart_order_status"] == (
-        "relation tutorial.main.mart_order_status is missing from the warehouse"
+        f"relation {ws.relation('mart_order_status')} is missing from the warehouse"
     )
+
+
+def second_target(ws: Workspace) -> str:
+    """A target writing into schema ``analytics_alt`` of the same database as ``ws.target``."""
+    if ws.target == "duckdb":
+        return "duckdb_alt"
+    # The tutorial's profile has one postgres output: give this copy of it a twin.
+    profiles = ws.project / "profiles.yml"
+    document = yaml.safe_load(profiles.read_text())
+    outputs = document["orchestra_tutorial"]["outputs"]
+    outputs["postgres_alt"] = outputs["postgres"] | {"schema": "analytics_alt"}
+    profiles.write_text(yaml.safe_dump(document, sort_keys=False))
+    return "postgres_alt"
 
 
 def test_a_second_target_never_reuses_the_first(ws: Workspace) -> None:
-    report = ws.run("build", "--target", "duckdb_alt")
+    alt = second_target(ws)
+    report = ws.run("build", "--target", alt)
     assert built(report) == STATEFUL
     assert all(
-        r.startswith("no state recorded for tutorial.analytics_alt")
+        r.startswith(f"no state recorded for {ws.database}.analytics_alt")
         for r in decisions(report).values()
     )
-    assert built(ws.run("build", "--target", "duckdb_alt")) == set()
+    assert built(ws.run("build", "--target", alt)) == set()
     assert built(ws.run()) == set()
 
 

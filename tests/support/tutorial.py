@@ -1,7 +1,14 @@
-"""A copy of the tutorial project with its own DuckDB warehouse and state file, for one test.
+"""A copy of the tutorial project with its own warehouse and state file, for one test.
 
 The warehouse is built once per session (``Baseline``) and copied per test (``Workspace``):
-copying a file is much cheaper than a cold dbt build.
+copying is much cheaper than a cold dbt build. Two targets of ``tutorial/profiles.yml``:
+
+* ``duckdb``: the warehouse is a DuckDB file in the workspace; copying it is copying a file.
+* ``postgres``: the warehouse is a database on a :class:`~support.postgres.PgServer`. The
+  baseline is kept as a template database and each workspace gets a fresh
+  ``CREATE DATABASE ... TEMPLATE`` copy under the *same* name, because state keys contain the
+  database name (``database.schema.alias``) and the copied state file must keep matching.
+  So only the newest postgres workspace of a session is live (tests run one at a time).
 """
 
 from __future__ import annotations
@@ -13,10 +20,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from support.postgres import PgServer
 
 from airflow_provider_orchestra_dbt import cli
 
@@ -26,6 +36,8 @@ IGNORED = shutil.ignore_patterns(
     ".warehouse", "target", "logs", "dbt_packages", ".user.yml", "__pycache__"
 )
 DB_NAME = "tutorial.duckdb"
+TARGETS = ("duckdb", "postgres")
+SCHEMAS = {"duckdb": "main", "postgres": "analytics"}  # as in tutorial/profiles.yml
 STATEFUL = {
     "country_codes", "stg_countries", "stg_customers", "stg_orders", "stg_payments",
     "int_orders_enriched", "int_customer_orders", "fct_orders", "fct_daily_revenue",
@@ -57,25 +69,50 @@ def short(unique_id: str) -> str:
     return parts[2] if parts[0] in ("test", "unit_test") else parts[-1]
 
 
+@dataclass(frozen=True)
+class PgDatabase:
+    """Where postgres workspaces keep their warehouse: ``name``, reset from ``template``."""
+
+    server: PgServer
+    name: str
+    template: str
+
+    def env(self) -> dict[str, str]:
+        return self.server.tutorial_env(self.name)
+
+
 class Workspace:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pg: PgDatabase | None = None) -> None:
         self.root = root
         self.project = root / "project"
-        self.warehouse = root / "warehouse" / DB_NAME
+        self.warehouse = root / "warehouse" / DB_NAME  # the DuckDB file (duckdb target only)
         self.state_file = root / "state.json"
         self.reports = 0
+        self.pg = pg
+        self.target = "postgres" if pg else "duckdb"
+        self.schema = SCHEMAS[self.target]
+        # The first part of state keys and relation names: DuckDB names it after the file.
+        self.database = pg.name if pg else self.warehouse.stem
+
+    def relation(self, alias: str, schema: str | None = None) -> str:
+        """``database.schema.alias``, as state keys and decision reasons spell it."""
+        return f"{self.database}.{schema or self.schema}.{alias}"
 
     @contextmanager
     def env(self) -> Iterator[None]:
-        saved = os.environ.get("TUTORIAL_DUCKDB_PATH")
-        os.environ["TUTORIAL_DUCKDB_PATH"] = str(self.warehouse)
+        wanted = {"TUTORIAL_DUCKDB_PATH": str(self.warehouse)}
+        if self.pg:
+            wanted |= self.pg.env()
+        saved = {name: os.environ.get(name) for name in wanted}
+        os.environ.update(wanted)
         try:
             yield
         finally:
-            if saved is None:
-                os.environ.pop("TUTORIAL_DUCKDB_PATH", None)
-            else:
-                os.environ["TUTORIAL_DUCKDB_PATH"] = saved
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def run(
         self, command: str = "build", *args: str, expect_exit: int | None = 0
@@ -90,6 +127,8 @@ class Workspace:
             "--profiles-dir", str(self.project),
             "--state-file", str(self.state_file),
             "--report", str(report_path),
+            # Not for duckdb, the profile's default; a later --target in args wins.
+            *(["--target", self.target] if self.pg else []),
             *args,
         ]  # fmt: skip
         with self.env():
@@ -105,9 +144,18 @@ class Workspace:
 
     def append(self, source: str, rows: int = 3) -> None:
         with self.env():
-            land_data().append_rows(source, rows)
+            land_data().append_rows(source, rows, self.target)
 
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        if self.pg:
+            conn = self.pg.server.connect(self.pg.name)
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(statement)
+                    return list(cursor.fetchall()) if cursor.description else []
+            finally:
+                conn.close()
+
         import duckdb
 
         con = duckdb.connect(str(self.warehouse))
@@ -118,6 +166,9 @@ class Workspace:
 
     def tables(self) -> dict[str, list[tuple[Any, ...]]]:
         """Contents of every table dbt manages (sorted rows), to prove 'unchanged'."""
+        if self.pg:
+            return self._pg_tables(self.pg)
+
         import duckdb
 
         con = duckdb.connect(str(self.warehouse), read_only=True)
@@ -132,6 +183,25 @@ class Workspace:
             }
         finally:
             con.close()
+
+    @staticmethod
+    def _pg_tables(pg: PgDatabase) -> dict[str, list[tuple[Any, ...]]]:
+        conn = pg.server.connect(pg.name)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "select table_schema, table_name from information_schema.tables "
+                    "where table_schema not in ('raw', 'pg_catalog', 'information_schema') "
+                    "order by 1, 2"
+                )
+                names = cursor.fetchall()
+                contents: dict[str, list[tuple[Any, ...]]] = {}
+                for s, t in names:
+                    cursor.execute(f'select * from "{s}"."{t}"')
+                    contents[f"{s}.{t}"] = sorted(cursor.fetchall(), key=repr)
+                return contents
+        finally:
+            conn.close()
 
     # -- the project and the state --------------------------------------------------------------
 
@@ -194,19 +264,35 @@ def day_ago() -> datetime:
 
 
 class Baseline:
-    """The tutorial with raw data landed and a first full build recorded in its state."""
+    """The tutorial with raw data landed and a first full build recorded in its state.
 
-    def __init__(self, root: Path) -> None:
-        self.workspace = Workspace(root)
+    With ``pg``, the warehouse is built into database ``pg.name`` (dropped first if present),
+    then kept as ``pg.template`` for :meth:`copy_to`.
+    """
+
+    def __init__(self, root: Path, pg: PgDatabase | None = None) -> None:
+        self.pg = pg
+        self.workspace = Workspace(root, pg)
         shutil.copytree(TUTORIAL, self.workspace.project, ignore=IGNORED)
         self.workspace.warehouse.parent.mkdir(parents=True)
+        if pg:
+            pg.server.recreate(pg.name)
         with self.workspace.env():
-            land_data().init_raw("duckdb")
+            land_data().init_raw(self.workspace.target)
         self.first_report = self.workspace.run("build")
         # Ageing the recorded builds makes build_after windows elapsed: tests that want a
         # window open set it explicitly, so no test depends on how long the suite took.
         self.workspace.set_built_at(day_ago())
+        if pg:
+            pg.server.recreate(pg.template, template=pg.name)
+
+    @property
+    def target(self) -> str:
+        return self.workspace.target
 
     def copy_to(self, root: Path) -> Workspace:
+        """A workspace of its own; for postgres this also resets the shared database."""
         shutil.copytree(self.workspace.root, root, ignore=shutil.ignore_patterns("report-*"))
-        return Workspace(root)
+        if self.pg:
+            self.pg.server.recreate(self.pg.name, template=self.pg.template)
+        return Workspace(root, self.pg)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import datetime as dt
+import os
 import re
 import shutil
 import subprocess
@@ -192,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the profiled run failed; see {work / 'profiled.log'}")
         text = (
             f"py-spy {PY_SPY_VERSION}, {args.rate} samples/s, idle included; "
-            f"{args.tool} {args.scenario}, {args.size} models\n\n" + summarize(raw, args.rate)
+            f"{args.tool} {args.scenario}, {args.size} models; commit {bench_run.git_commit()}, "
+            f"{dt.datetime.now():%Y-%m-%d %H:%M}, load {os.getloadavg()[0]:.1f}\n\n"
+            + summarize(raw, args.rate)
         )
         out = Path(
             args.output

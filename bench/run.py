@@ -1,6 +1,6 @@
 """Benchmark: our CLI against plain `dbt build` and `orc dbt build` (dbt-orchestra).
 
-    uv run python bench/run.py                 # N in {20, 500}, 3 repetitions (~25 min, 2 cores)
+    uv run python bench/run.py                 # N in {20, 500}, 3 repetitions (~30 min, 2 cores)
     uv run python bench/run.py --quick         # smoke run: N=20, 1 repetition (a few minutes)
     uv run python bench/run.py --sizes 2000    # the large size, behind a flag
 
@@ -861,7 +861,8 @@ def write_report(
         ]
     if micro:
         lines += [
-            f"## Parent side on synthetic graphs (bench/micro.py, medians of {micro[0]['repeat']})",
+            "## Parent side on synthetic graphs (bench/micro.py; 10k nodes: median of "
+            f"{micro[0]['repeat']} runs, larger: one run)",
             "",
             micro_table(micro),
             "",

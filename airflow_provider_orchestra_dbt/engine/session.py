@@ -266,6 +266,7 @@ class DbtSession:
                 "dbt_args": list(config.dbt_args),
                 "run_dir": str(run_dir),
                 "target_path": str(target_path.resolve()),
+                "write_json": config.target_path is not None,
                 "cache_dir": str(self._cache_dir()),
             }
         )

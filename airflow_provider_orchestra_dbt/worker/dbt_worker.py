@@ -20,9 +20,11 @@ Any failure is reported as ``{"type": "error", "stage": ..., "message": ...}`` b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -113,6 +115,10 @@ class DbtSession:
             self.log_path,
             "--no-use-colors",
         ]
+        if not r.get("write_json", True):
+            # manifest.json and run_results.json cost a third of a warm parse; only kept
+            # artifacts are worth writing (the partial-parse file is written regardless).
+            args.append("--no-write-json")
         if r.get("profiles_dir"):
             args += ["--profiles-dir", r["profiles_dir"]]
         if r.get("target"):
@@ -167,6 +173,8 @@ class DbtSession:
     # -- selection and graph -----------------------------------------------------------------
 
     def select(self) -> list[str]:
+        if self._selects_everything():
+            return self._every_node()
         args = ["ls", "--quiet", *self._common_args(), "--output", "json"]
         args += ["--output-keys", "unique_id", *self._user_selection()]
         # `ls` prints every match; keep that noise out of the task log.
@@ -175,6 +183,21 @@ class DbtSession:
         if not result.success:
             raise WorkerError("select", "dbt could not resolve the selection")
         return [json.loads(line)["unique_id"] for line in result.result or []]
+
+    def _selects_everything(self) -> bool:
+        """True when `dbt ls` would list every enabled node, so asking it is wasted time."""
+        if self._user_selection():
+            return False
+        if any(os.environ.get(v) for v in ("DBT_RESOURCE_TYPES", "DBT_EXCLUDE_RESOURCE_TYPES")):
+            return False
+        config = _adapter_config()
+        default_selector = getattr(config, "get_default_selector_name", None)
+        return config is not None and default_selector is not None and not default_selector()
+
+    def _every_node(self) -> list[str]:
+        m = self.manifest
+        ids = [*m.nodes, *m.sources, *getattr(m, "unit_tests", {})]
+        return [uid for uid in ids if uid.split(".", 1)[0] in SELECTABLE_TYPES]
 
     def graph_message(self, selected: list[str]) -> dict[str, Any]:
         m = self.manifest
@@ -656,5 +679,15 @@ def main() -> int:
         return 2
 
 
+def _exit_now(code: int) -> None:
+    """Exit without interpreter teardown: after the last message nothing is left to do, and
+    tearing down dbt's modules takes up to two seconds the parent would spend waiting."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

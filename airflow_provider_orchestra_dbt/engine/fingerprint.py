@@ -35,18 +35,26 @@ class Fingerprint:
 
 
 def _digest(value: Any) -> str:
+    if not value and isinstance(value, dict):
+        return _EMPTY_DICT_DIGEST  # most nodes read no vars or env vars
     if not isinstance(value, str):
         value = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
-# Quoted text (kept verbatim) and comments (a gap); the code between them only has its
-# whitespace collapsed, which str.split does at C speed: large projects hash thousands of models.
+_EMPTY_DICT_DIGEST = hashlib.sha256(b"{}").hexdigest()
+# A private-use character: never whitespace, and next to never in SQL (skipped if it is).
+_PARKED = "\ue000"
+
+
+# Quoted text (kept verbatim) and comments (a gap). Every alternative starts with a literal
+# character, which lets the regex engine skip ahead to candidates at C speed.
 _QUOTED_OR_COMMENT = re.compile(
-    r"""(?P<quoted>'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|`[^`]*`?)"""
+    r"""'[^'\\]*(?:\\.[^'\\]*)*'?|"[^"\\]*(?:\\.[^"\\]*)*"?|`[^`]*`?"""
     r"|--[^\n]*|/\*.*?(?:\*/|\Z)",
     re.DOTALL,
 )
+_QUOTES = frozenset("'\"`")
 
 
 def normalize_sql(text: str) -> str:
@@ -55,37 +63,27 @@ def normalize_sql(text: str) -> str:
     Quoted text is kept verbatim, so an edit inside a string literal always counts.
     """
     text = _JINJA_COMMENT.sub(" ", text)
-    out: list[str] = []
-    pending_space = False
+    # Park quoted text behind a marker that is not whitespace, so one C-speed split/join
+    # collapses the whitespace of all the code at once; then put the quoted text back.
+    marker = _PARKED
+    while marker in text:
+        marker = chr(ord(marker) + 1)
+    quoted: list[str] = []
 
-    def emit(piece: str) -> None:
-        nonlocal pending_space
-        if pending_space and out:
-            out.append(" ")
-        pending_space = False
-        out.append(piece)
+    def park(match: re.Match[str]) -> str:
+        found = match.group()
+        if found[0] not in _QUOTES:
+            return " "  # a comment separates like whitespace
+        quoted.append(found)
+        return marker
 
-    def code(segment: str) -> None:
-        nonlocal pending_space
-        if not segment:
-            return
-        if segment[0].isspace():
-            pending_space = True
-        words = segment.split()
-        if words:
-            emit(" ".join(words))
-            if segment[-1].isspace():
-                pending_space = True
-
-    position = 0
-    for match in _QUOTED_OR_COMMENT.finditer(text):
-        code(text[position : match.start()])
-        if match.group("quoted") is not None:
-            emit(match.group())
-        else:
-            pending_space = True
-        position = match.end()
-    code(text[position:])
+    code = " ".join(_QUOTED_OR_COMMENT.sub(park, text).split())
+    if not quoted:
+        return code
+    pieces = code.split(marker)
+    out = [pieces[0]]
+    for literal, after in zip(quoted, pieces[1:], strict=True):
+        out += (literal, after)
     return "".join(out)
 
 
@@ -128,6 +126,7 @@ class Fingerprinter:
         self._macro_digest: dict[str, str] = {}
         self._macro_names: dict[str, tuple[set[str], set[str]]] = {}
         self._closure: dict[tuple[str, ...], list[str]] = {}
+        self._closure_digest: dict[tuple[str, ...], str] = {}
 
     def __call__(self, unique_id: str) -> Fingerprint:
         cached = self._cache.get(unique_id)
@@ -138,7 +137,8 @@ class Fingerprinter:
 
     def _compute(self, node: Node) -> Fingerprint:
         graph = self._graph
-        macro_ids = self._macro_closure(node.macros)
+        closure_key = tuple(sorted(node.macros))
+        macro_ids = self._macro_closure(closure_key)
         var_names, env_names = names_read(node.raw_code)
         for macro_id in macro_ids:
             v, e = self._names_in_macro(macro_id)
@@ -160,7 +160,7 @@ class Fingerprinter:
         parts = {
             "code": _digest(code),
             "config": _digest(config),
-            "macros": _digest({m: self._macro_sql_digest(m) for m in macro_ids}),
+            "macros": self._macros_digest(closure_key),
             "vars": _digest(
                 {
                     name: resolve_var(name, node.package_name, self._cli_vars, graph.project_vars)
@@ -173,11 +173,17 @@ class Fingerprinter:
 
     # Macros are shared by many nodes: work on each is done once per run.
 
-    def _macro_closure(self, direct: tuple[str, ...]) -> list[str]:
-        key = tuple(sorted(direct))
+    def _macro_closure(self, key: tuple[str, ...]) -> list[str]:
         if key not in self._closure:
             self._closure[key] = self._graph.macro_closure(key)
         return self._closure[key]
+
+    def _macros_digest(self, key: tuple[str, ...]) -> str:
+        if key not in self._closure_digest:
+            self._closure_digest[key] = _digest(
+                {m: self._macro_sql_digest(m) for m in self._macro_closure(key)}
+            )
+        return self._closure_digest[key]
 
     def _macro_sql_digest(self, macro_id: str) -> str:
         if macro_id not in self._macro_digest:

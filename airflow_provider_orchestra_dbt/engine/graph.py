@@ -63,7 +63,7 @@ class Node:
     def is_test(self) -> bool:
         return self.resource_type in TEST_TYPES
 
-    @property
+    @cached_property  # the planner looks up each node's state key several times
     def relation(self) -> str | None:
         """``database.schema.alias`` unquoted: the warehouse object, and the state key."""
         if self.is_ephemeral or not self.schema or not self.alias:
@@ -199,7 +199,12 @@ class Graph:
 
     def topological(self, unique_ids: Iterable[str]) -> list[str]:
         """``unique_ids`` ordered parents first (by the full graph), ties by unique_id."""
-        wanted = set(unique_ids)
+        position = self._topological_position
+        return sorted(set(unique_ids) & position.keys(), key=position.__getitem__)
+
+    @cached_property
+    def _topological_position(self) -> dict[str, int]:
+        # Sorted once per run: a run orders several subsets, and large graphs take ~50 ms each.
         sorter: TopologicalSorter[str] = TopologicalSorter()
         for uid in sorted(self.nodes):
             sorter.add(uid, *sorted(p for p in self.nodes[uid].depends_on if p in self.nodes))
@@ -207,9 +212,9 @@ class Graph:
         order: list[str] = []
         while sorter.is_active():
             ready = sorted(sorter.get_ready())
-            order.extend(uid for uid in ready if uid in wanted)
+            order.extend(ready)
             sorter.done(*ready)
-        return order
+        return {uid: i for i, uid in enumerate(order)}
 
     def macro_closure(self, macro_ids: Iterable[str]) -> list[str]:
         seen: set[str] = set()

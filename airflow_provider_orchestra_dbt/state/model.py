@@ -108,14 +108,24 @@ def merge_entries(current: StateEntries, updates: StateEntries) -> StateEntries:
     Neither argument is modified, and the result shares no mutable objects with
     them, so editing the result can never alter a document it came from.
     """
-    merged = copy.deepcopy(current)
+    merged = {key: _copy_json(entry) for key, entry in current.items()}
     for key, update in updates.items():
         stored = merged.get(key)
         if stored is None:
-            merged[key] = copy.deepcopy(update)
+            merged[key] = _copy_json(update)
         elif not is_newer(stored, update):
-            merged[key] = {**stored, **copy.deepcopy(update)}
+            merged[key] = {**stored, **_copy_json(update)}
     return merged
+
+
+def _copy_json(value: Any) -> Any:
+    # State is plain JSON data: copying only dicts and lists is several times faster than
+    # copy.deepcopy (no memo, no dispatch), which matters for states of many thousand nodes.
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    return value
 
 
 _JSON_TYPES: tuple[tuple[type, str], ...] = (

@@ -24,9 +24,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
 from airflow_provider_orchestra_dbt import __version__
@@ -151,11 +150,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _reject_constant(name: str) -> NoReturn:
-    # NaN and Infinity are not JSON; the local store refuses them as well.
-    raise ValueError(f"non-standard JSON constant {name}")
 
 
 class _Retry(Exception):
@@ -484,41 +478,18 @@ class OrchestraHttpStateStore:
         return f": {text}"
 
     def _parse(self, response: requests.Response) -> StateDocument:
-        origin = self.description
         content_type = response.headers.get("Content-Type", "")
         hint = "" if "json" in content_type.lower() else f" (Content-Type {content_type!r})"
-        data = response.content
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise StateFormatError(f"{origin}: response is not valid UTF-8{hint}: {exc}") from None
-        if not text.strip():
-            # An empty 200 is not "no state": it is a broken response, and
-            # treating it as empty would rebuild and overwrite everything.
-            raise StateFormatError(f"{origin}: response body is empty{hint}")
-        try:
-            raw = json.loads(text, parse_constant=_reject_constant)
-        except json.JSONDecodeError as exc:
-            raise StateFormatError(
-                f"{origin}: response is not valid JSON{hint} "
-                f"(line {exc.lineno} column {exc.colno}): {exc.msg}"
-            ) from None
-        except ValueError as exc:
-            raise StateFormatError(f"{origin}: response is not valid JSON: {exc}") from None
-        if not isinstance(raw, dict):
-            raise StateFormatError(
-                f"{origin}: response must be a JSON object, got {type(raw).__name__}"
-            )
-        if STATE_KEY not in raw:
-            raise StateFormatError(f"{origin}: response has no top-level 'state' object")
-        entries = raw[STATE_KEY]
-        if isinstance(entries, Mapping) and self._key_prefix:
-            # Filtered before validation so that another account's entries,
-            # which this store never uses, cannot make its load fail.
-            entries = {key: value for key, value in entries.items() if self._in_prefix(key)}
-        entries = validate_entries(entries, origin=origin)
-        extra: dict[str, Any] = {key: value for key, value in raw.items() if key != STATE_KEY}
-        return StateDocument(entries=entries, extra=extra)
+        # ``required``: an empty 200 is not "no state" but a broken response,
+        # and treating it as empty would rebuild and overwrite everything.
+        # ``keep``: another account's entries, which this store never uses,
+        # must not make its load fail.
+        return StateDocument.from_json_bytes(
+            response.content,
+            origin=f"{self._where} response{hint}",
+            required=True,
+            keep=self._in_prefix,
+        )
 
 
 def _copy(document: StateDocument) -> StateDocument:

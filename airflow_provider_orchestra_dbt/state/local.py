@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from airflow_provider_orchestra_dbt.state.errors import StateError, StateFormatError
+from airflow_provider_orchestra_dbt.state.errors import StateError
 from airflow_provider_orchestra_dbt.state.model import (
     StateDocument,
     StateEntries,
-    validate_entries,
+    validate_update,
 )
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "LocalFileStateStore"]
@@ -99,14 +99,7 @@ class LocalFileStateStore:
             StateError: the lock was not acquired within ``lock_timeout`` or
                 the file could not be read or written.
         """
-        update_origin = f"state update for {self.description}"
-        validate_entries(updates, origin=update_origin)
-        # Serialising up front reports a bad value (NaN, a set, ...) before the
-        # lock is taken and names the update, not the file, as the culprit.
-        try:
-            StateDocument(entries=updates).to_json_bytes()
-        except (TypeError, ValueError) as exc:
-            raise StateFormatError(f"{update_origin} is not JSON-serialisable: {exc}") from None
+        validate_update(updates, origin=f"state update for {self.description}")
 
         target = self._target()
         try:

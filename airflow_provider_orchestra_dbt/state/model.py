@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -32,6 +32,7 @@ __all__ = [
     "merge_entries",
     "parse_timestamp",
     "validate_entries",
+    "validate_update",
 ]
 
 StateEntries = dict[str, dict[str, Any]]
@@ -239,6 +240,31 @@ def validate_entries(entries: object, *, origin: str) -> StateEntries:
     return entries
 
 
+def validate_update(updates: object, *, origin: str) -> None:
+    """Check, before any lock is taken or request made, that ``updates`` can be saved.
+
+    Besides the shape, this catches values JSON cannot hold (NaN, a set, a
+    lone surrogate, ...) so the error names the update rather than the store.
+
+    Raises:
+        StateFormatError: naming ``origin`` and the problem.
+    """
+    validate_entries(updates, origin=origin)
+    try:
+        # Same checks as the write but compact: without indent, json uses its
+        # C encoder, many times faster for an update as large as a whole state.
+        _encode(updates, indent=None)
+    except (TypeError, ValueError) as exc:
+        raise StateFormatError(f"{origin} is not JSON-serialisable: {exc}") from None
+
+
+def _encode(value: object, *, indent: int | None) -> bytes:
+    # Sorted keys so rewrites give small diffs; this is also what fails on
+    # keys of mixed types, so the up-front check must sort as well.
+    text = json.dumps(value, sort_keys=True, indent=indent, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
 def _reject_constant(name: str) -> NoReturn:
     # NaN and Infinity are Python extensions to JSON that other readers (the
     # dbt-orchestra tool among them) reject, so they are not accepted either.
@@ -268,24 +294,34 @@ class StateDocument:
         )
 
     def to_json_bytes(self) -> bytes:
-        """Serialise as UTF-8 JSON with sorted keys, so rewrites give small diffs.
+        """Serialise as indented UTF-8 JSON with sorted keys, so rewrites give small diffs.
 
         Raises:
             ValueError: a value is NaN or infinite.
             TypeError: a value is not representable in JSON.
         """
-        document = {**self.extra, STATE_KEY: self.entries}
-        text = json.dumps(document, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
-        return (text + "\n").encode("utf-8")
+        return _encode({**self.extra, STATE_KEY: self.entries}, indent=2)
 
     @classmethod
-    def from_json_bytes(cls, data: bytes, *, origin: str) -> StateDocument:
+    def from_json_bytes(
+        cls,
+        data: bytes,
+        *,
+        origin: str,
+        required: bool = False,
+        keep: Callable[[str], bool] | None = None,
+    ) -> StateDocument:
         """Parse and validate a document.
 
         ``origin`` describes where ``data`` came from (e.g. ``"state file
         /x/state.json"``) and starts every error message. An empty object, or
         input that is empty or only whitespace, is an empty state: neither
-        holds anything a rewrite could lose.
+        holds anything a rewrite could lose. With ``required`` both are errors
+        instead, for a source that always answers with a whole document, where
+        an empty answer means something broke.
+
+        ``keep`` selects by key the entries to keep. The others are dropped
+        before validation, so entries the caller never uses cannot fail it.
 
         Raises:
             StateFormatError: ``data`` is not JSON or not shaped like a document.
@@ -295,6 +331,8 @@ class StateDocument:
         except UnicodeDecodeError as exc:
             raise StateFormatError(f"{origin} is not valid UTF-8: {exc}") from None
         if not text.strip():
+            if required:
+                raise StateFormatError(f"{origin} is empty")
             return cls.empty()
         try:
             raw = json.loads(text, parse_constant=_reject_constant)
@@ -309,10 +347,13 @@ class StateDocument:
             raise StateFormatError(
                 f"{origin}: top level must be a JSON object, got {_json_type(raw)}"
             )
-        if not raw:
+        if not raw and not required:
             return cls.empty()
         if STATE_KEY not in raw:
             raise StateFormatError(f"{origin}: top-level 'state' object is missing")
-        entries = validate_entries(raw[STATE_KEY], origin=origin)
+        entries = raw[STATE_KEY]
+        if keep is not None and isinstance(entries, dict):
+            entries = {key: entry for key, entry in entries.items() if keep(key)}
+        entries = validate_entries(entries, origin=origin)
         extra = {key: value for key, value in raw.items() if key != STATE_KEY}
         return cls(entries=entries, extra=extra)

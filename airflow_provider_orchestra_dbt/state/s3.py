@@ -22,12 +22,11 @@ from urllib.parse import urlsplit, urlunsplit
 from airflow_provider_orchestra_dbt.state.errors import (
     StateConflictError,
     StateError,
-    StateFormatError,
 )
 from airflow_provider_orchestra_dbt.state.model import (
     StateDocument,
     StateEntries,
-    validate_entries,
+    validate_update,
 )
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "S3StateStore"]
@@ -190,14 +189,7 @@ class S3StateStore:
                 of ``max_attempts`` rounds.
             StateError: the object could not be read or written.
         """
-        update_origin = f"state update for {self.description}"
-        validate_entries(updates, origin=update_origin)
-        # Serialising up front reports a bad value (NaN, a set, ...) before any
-        # request is made and names the update, not the object, as the culprit.
-        try:
-            StateDocument(entries=updates).to_json_bytes()
-        except (TypeError, ValueError) as exc:
-            raise StateFormatError(f"{update_origin} is not JSON-serialisable: {exc}") from None
+        validate_update(updates, origin=f"state update for {self.description}")
 
         backoff = _BACKOFF_START
         for attempt in range(1, self._max_attempts + 1):

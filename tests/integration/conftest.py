@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from support.airflow_env import AirflowEnv
 from support.postgres import PgServer, PostgresUnavailable, postgres_server
+from support.s3_server import MotoS3Server
 from support.tutorial import REPO, Baseline, PgDatabase, Workspace
 
 
@@ -18,6 +19,13 @@ def _dbt_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     mp.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[MotoS3Server]:
+    """An S3 endpoint on 127.0.0.1 (moto) for the module; tests make their own buckets."""
+    with MotoS3Server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ secret of each connection must appear nowhere: task logs, XCom, rendered templat
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,6 @@ API_KEY = "orch-api-key-E2E-7c1d9f3a"
 AWS_SECRET = "aws-secret-E2E-b84e02f1c6"
 AWS_KEY_ID = "AKIAE2ETESTKEY00001"
 STATE_KEY = "dbt/state.json"
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[MotoS3Server]:
-    with MotoS3Server() as server:
-        yield server
 
 
 def http_backend(stack: list[Any]) -> tuple[dict[str, Any], Callable[[], dict[str, Any]]]:

@@ -10,7 +10,6 @@ own backoff.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import random
 import socket
 import threading
@@ -20,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from support.concurrency import run_in_processes
 from support.orchestra_server import (
     DEFAULT_TOKEN,
     MASKED,
@@ -483,11 +483,15 @@ def test_unreachable_endpoint_gives_up_naming_the_url() -> None:
 @pytest.mark.parametrize(
     ("body", "content_type", "match"),
     [
-        ("<html>Sign in</html>", "text/html", r"not valid JSON \(Content-Type 'text/html'\)"),
-        ("", "application/json", "response body is empty"),
-        ("{}", "application/json", "no top-level 'state' object"),
-        ('{"items": []}', "application/json", "no top-level 'state' object"),
-        ("[1, 2]", "application/json", "must be a JSON object, got list"),
+        (
+            "<html>Sign in</html>",
+            "text/html",
+            r"response \(Content-Type 'text/html'\) is not valid JSON",
+        ),
+        ("", "application/json", "response is empty"),
+        ("{}", "application/json", "top-level 'state' object is missing"),
+        ('{"items": []}', "application/json", "top-level 'state' object is missing"),
+        ("[1, 2]", "application/json", "must be a JSON object, got array"),
         ('{"state": []}', "application/json", "'state' must be an object, got array"),
         ('{"state": null}', "application/json", "'state' must be an object, got null"),
         ('{"state": {"k": {"checksum": 1}}}', "application/json", "'checksum' must be a string"),
@@ -501,7 +505,7 @@ def test_body_that_is_not_state_is_a_format_error(
     store = _store(server)
     with pytest.raises(StateFormatError, match=match) as info:
         store.load()
-    assert str(info.value).startswith(store.description)
+    assert str(info.value).startswith(f"{store.description} ({LABEL}) response")
     assert len(server.requests) == 1
 
 
@@ -514,24 +518,12 @@ BASE_TIME = datetime(2025, 1, 1, tzinfo=UTC)
 
 @pytest.mark.timeout(60)
 def test_concurrent_processes_lose_no_update(server: OrchestraStateServer) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(PROCESSES)
-    workers = [
-        ctx.Process(
-            target=save_distinct_keys,
-            args=(server.state_url, DEFAULT_TOKEN, worker, KEYS_PER_PROCESS, start),
-        )
-        for worker in range(PROCESSES)
-    ]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(timeout=45)
-    for process in workers:
-        if process.is_alive():
-            process.kill()
-            process.join()
-    assert [process.exitcode for process in workers] == [0] * PROCESSES
+    run_in_processes(
+        save_distinct_keys,
+        lambda worker, start: (server.state_url, DEFAULT_TOKEN, worker, KEYS_PER_PROCESS, start),
+        processes=PROCESSES,
+        timeout=45,
+    )
 
     expected = {
         f"db.w{worker}.k{index}" for worker in range(PROCESSES) for index in range(KEYS_PER_PROCESS)

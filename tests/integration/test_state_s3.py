@@ -8,12 +8,10 @@ exercised for real; nothing contacts AWS.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.sharedctypes import SynchronizedArray
@@ -21,7 +19,9 @@ from multiprocessing.synchronize import Barrier
 from typing import Any
 
 import pytest
+from support.concurrency import SPAWN, run_in_processes
 from support.s3_server import MotoS3Server, S3Params
+from support.state_samples import ORCHESTRA_DOCUMENT
 
 from airflow_provider_orchestra_dbt.state import (
     S3StateStore,
@@ -40,12 +40,6 @@ LABEL = "connection 'my_conn'"
 T0 = "2025-01-01T00:00:00+00:00"
 T1 = "2025-01-01T01:00:00+00:00"
 T2 = "2025-01-01T02:00:00+00:00"
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoS3Server]:
-    with MotoS3Server() as server:
-        yield server
 
 
 @pytest.fixture
@@ -134,23 +128,14 @@ def test_round_trip_preserves_unknown_fields(s3: S3Params) -> None:
 
 
 def test_dbt_orchestra_document_survives_our_save(s3: S3Params) -> None:
-    theirs = {
-        "state": {
-            "db.sch.m": {
-                "checksum": "abc",
-                "last_updated": "2025-01-01T00:00:00Z",
-                "sources": {"source.p.raw.orders": "2024-12-31T23:00:00Z"},
-            }
-        }
-    }
-    _put_raw(s3, json.dumps(theirs).encode())
+    _put_raw(s3, json.dumps(ORCHESTRA_DOCUMENT).encode())
     store = _store(s3)
 
-    assert store.load().entries == theirs["state"]
+    assert store.load().entries == ORCHESTRA_DOCUMENT["state"]
     store.save({"db.sch.other": _entry("def")})
 
     stored = json.loads(_get_raw(s3))
-    assert stored["state"]["db.sch.m"] == theirs["state"]["db.sch.m"]
+    assert stored["state"]["db.sch.m"] == ORCHESTRA_DOCUMENT["state"]["db.sch.m"]
     assert stored["state"]["db.sch.other"] == _entry("def")
 
 
@@ -521,22 +506,13 @@ def _crowd_worker(
 @pytest.fixture(scope="module")
 def crowd(s3_server: MotoS3Server) -> _Crowd:
     distinct, shared = s3_server.create_bucket(), s3_server.create_bucket()
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(PROCESSES)
-    lost = ctx.Array("i", PROCESSES)
-    workers = [
-        ctx.Process(target=_crowd_worker, args=(distinct, shared, worker, start, lost))
-        for worker in range(PROCESSES)
-    ]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(timeout=100)
-    for process in workers:
-        if process.is_alive():
-            process.kill()
-            process.join()
-    assert [process.exitcode for process in workers] == [0] * PROCESSES
+    lost = SPAWN.Array("i", PROCESSES)
+    run_in_processes(
+        _crowd_worker,
+        lambda worker, start: (distinct, shared, worker, start, lost),
+        processes=PROCESSES,
+        timeout=100,
+    )
     return _Crowd(distinct, shared, sum(lost[:]))
 
 

@@ -56,8 +56,8 @@ def _connection_type() -> dict[str, Any]:
     return entry
 
 
-def _run_airflow_python(code: str, tmp_path: Path) -> Any:
-    """Run ``code`` in a fresh interpreter with a temp AIRFLOW_HOME; return its last JSON line."""
+def _run_python(args: list[str], tmp_path: Path) -> str:
+    """Run ``python <args>`` with a temp AIRFLOW_HOME under ``tmp_path``; return its stdout."""
     airflow_home = tmp_path / "airflow_home"
     airflow_home.mkdir(exist_ok=True)
     env = {
@@ -66,7 +66,7 @@ def _run_airflow_python(code: str, tmp_path: Path) -> Any:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, *args],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -75,7 +75,13 @@ def _run_airflow_python(code: str, tmp_path: Path) -> Any:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return result.stdout
+
+
+def _run_airflow_python(code: str, tmp_path: Path) -> Any:
+    """Run ``code`` like ``_run_python``; return its last line, parsed as JSON."""
+    stdout = _run_python(["-c", textwrap.dedent(code)], tmp_path)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 # --- the dict itself ------------------------------------------------------------------------
@@ -187,25 +193,9 @@ def test_import_is_lightweight(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_airflow_providers_list(tmp_path: Path) -> None:
-    airflow_home = tmp_path / "airflow_home"
-    airflow_home.mkdir()
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "list", "--output", "json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    start = result.stdout.index("[")
-    providers = {p["package_name"]: p for p in json.loads(result.stdout[start:])}
+    stdout = _run_python(["-m", "airflow", "providers", "list", "--output", "json"], tmp_path)
+    start = stdout.index("[")
+    providers = {p["package_name"]: p for p in json.loads(stdout[start:])}
     assert DIST_NAME in providers, sorted(providers)
     assert providers[DIST_NAME]["version"] == __version__
 

@@ -8,13 +8,14 @@ replacement, which mocks or threads would not exercise faithfully.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import pytest
+from support.concurrency import run_in_processes
 
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, format_timestamp
 
@@ -62,22 +63,10 @@ def _save_shared_key(path: str, worker: int, start: Barrier) -> None:
         )
 
 
-def _run_workers(target: object, path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    start = ctx.Barrier(PROCESSES)
-    workers = [
-        ctx.Process(target=target, args=(str(path), worker, start))  # type: ignore[arg-type]
-        for worker in range(PROCESSES)
-    ]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(timeout=120)
-    for process in workers:
-        if process.is_alive():
-            process.kill()
-            process.join()
-    assert [process.exitcode for process in workers] == [0] * PROCESSES
+def _run_workers(target: Callable[[str, int, Barrier], None], path: Path) -> None:
+    run_in_processes(
+        target, lambda worker, start: (str(path), worker, start), processes=PROCESSES, timeout=120
+    )
 
 
 @pytest.mark.timeout(180)

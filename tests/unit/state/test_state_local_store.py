@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.state_samples import ORCHESTRA_DOCUMENT
 
 from airflow_provider_orchestra_dbt.state import (
     LocalFileStateStore,
@@ -115,21 +116,13 @@ def test_new_file_mode_ignores_umask(tmp_path: Path) -> None:
 
 def test_orchestra_file_loads_and_survives_a_save(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    raw = {
-        "state": {
-            "db.sch.m": {
-                "checksum": "abc",
-                "last_updated": "2025-01-01T00:00:00Z",
-                "sources": {"source.p.raw.orders": "2025-01-01T00:00:00+00:00"},
-            }
-        }
-    }
-    path.write_text(json.dumps(raw))
+    path.write_text(json.dumps(ORCHESTRA_DOCUMENT))
     store = LocalFileStateStore(path)
-    assert store.load().entries == raw["state"]
+    assert store.load().entries == ORCHESTRA_DOCUMENT["state"]
 
     store.save({"db.sch.other": _entry("x")})
-    assert json.loads(path.read_bytes())["state"]["db.sch.m"] == raw["state"]["db.sch.m"]
+    stored = json.loads(path.read_bytes())["state"]
+    assert stored["db.sch.m"] == ORCHESTRA_DOCUMENT["state"]["db.sch.m"]
 
 
 INVALID_FILES = [
@@ -183,6 +176,16 @@ def test_invalid_file_fails_load_and_save_without_being_touched(
         ),
         pytest.param(
             {"k": _entry("abc", run={"ids": {1, 2}})}, "is not JSON-serialisable", id="set"
+        ),
+        pytest.param(
+            {"k": _entry("abc", run={"note": "\ud800"})},
+            "is not JSON-serialisable",
+            id="lone-surrogate",
+        ),
+        pytest.param(
+            {"k": _entry("abc", run={1: "a", "b": "c"})},
+            "is not JSON-serialisable",
+            id="keys-that-do-not-sort",
         ),
     ],
 )

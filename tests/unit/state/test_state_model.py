@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from support.state_samples import ORCHESTRA_DOCUMENT
 
 from airflow_provider_orchestra_dbt.state import (
     StateDocument,
@@ -20,16 +22,6 @@ from airflow_provider_orchestra_dbt.state import (
 )
 
 ORIGIN = "state file /x/state.json"
-
-ORCHESTRA_DOCUMENT = {
-    "state": {
-        "db.sch.m": {
-            "checksum": "abc",
-            "last_updated": "2025-01-01T00:00:00Z",
-            "sources": {"source.p.raw.orders": "2025-01-01T00:00:00+00:00"},
-        }
-    }
-}
 
 
 def _bytes(document: object) -> bytes:
@@ -215,6 +207,27 @@ def test_invalid_documents_raise_naming_origin_and_problem(data: bytes, problem:
     assert problem in message
 
 
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "is empty"),
+        (b"  \n", "is empty"),
+        (b"{}", "top-level 'state' object is missing"),
+    ],
+)
+def test_required_document_may_not_be_empty(data: bytes, problem: str) -> None:
+    with pytest.raises(StateFormatError, match=f"^{re.escape(ORIGIN)}.*{problem}"):
+        StateDocument.from_json_bytes(data, origin=ORIGIN, required=True)
+
+
+def test_keep_drops_entries_before_validation() -> None:
+    raw = {"state": {"mine.a": {"checksum": "a"}, "theirs.b": {"checksum": 7}}, "version": 1}
+    document = StateDocument.from_json_bytes(
+        _bytes(raw), origin=ORIGIN, keep=lambda key: key.startswith("mine.")
+    )
+    assert document == StateDocument(entries={"mine.a": {"checksum": "a"}}, extra={"version": 1})
+
+
 def test_merged_document_keeps_extra_and_does_not_mutate_original() -> None:
     document = StateDocument.from_json_bytes(
         _bytes({**ORCHESTRA_DOCUMENT, "version": 1}), origin=ORIGIN
@@ -241,64 +254,28 @@ def _entry(checksum: str, last_updated: str | None, **fields: object) -> dict[st
     return entry
 
 
+MERGE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
+    # (id, stored entry "s", update "u", entry after the merge)
+    ("newer-update-wins", _entry("s", T0), _entry("u", T1), _entry("u", T1)),
+    ("older-update-never-replaces", _entry("s", T1), _entry("u", T0), _entry("s", T1)),
+    ("tie-update-wins", _entry("s", T1), _entry("u", T1), _entry("u", T1)),
+    ("tie-across-zones", _entry("s", T1), _entry("u", T1_OTHER_ZONE), _entry("u", T1_OTHER_ZONE)),
+    ("stored-missing-timestamp-is-oldest", _entry("s", None), _entry("u", T0), _entry("u", T0)),
+    ("stored-garbage-timestamp-is-oldest", _entry("s", "junk"), _entry("u", T0), _entry("u", T0)),
+    ("update-missing-timestamp-loses", _entry("s", T0), _entry("u", None), _entry("s", T0)),
+    ("both-missing-is-a-tie", _entry("s", None, a=1), _entry("u", None), _entry("u", None, a=1)),
+    (
+        "unknown-stored-fields-kept",
+        _entry("s", T0, future={"x": 1}, status="success"),
+        _entry("u", T1, status="test_failed"),
+        _entry("u", T1, future={"x": 1}, status="test_failed"),
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("stored", "update", "expected"),
-    [
-        pytest.param(
-            _entry("old", T0),
-            _entry("new", T1),
-            _entry("new", T1),
-            id="newer-update-wins",
-        ),
-        pytest.param(
-            _entry("new", T1),
-            _entry("old", T0),
-            _entry("new", T1),
-            id="older-update-never-replaces",
-        ),
-        pytest.param(
-            _entry("stored", T1),
-            _entry("update", T1_OTHER_ZONE),
-            _entry("update", T1_OTHER_ZONE),
-            id="tie-across-zones-update-wins",
-        ),
-        pytest.param(
-            _entry("stored", T1),
-            _entry("update", T1),
-            _entry("update", T1),
-            id="tie-update-wins",
-        ),
-        pytest.param(
-            _entry("old", T0, future={"x": 1}, status="success"),
-            _entry("new", T1, status="test_failed"),
-            _entry("new", T1, future={"x": 1}, status="test_failed"),
-            id="unknown-stored-fields-kept",
-        ),
-        pytest.param(
-            _entry("stored", None),
-            _entry("update", T0),
-            _entry("update", T0),
-            id="stored-missing-timestamp-is-oldest",
-        ),
-        pytest.param(
-            _entry("stored", "garbage"),
-            _entry("update", T0),
-            _entry("update", T0),
-            id="stored-unparseable-timestamp-is-oldest",
-        ),
-        pytest.param(
-            _entry("stored", T0),
-            _entry("update", None),
-            _entry("stored", T0),
-            id="update-missing-timestamp-loses",
-        ),
-        pytest.param(
-            _entry("stored", None, keep=1),
-            _entry("update", None),
-            _entry("update", None, keep=1),
-            id="both-missing-is-a-tie",
-        ),
-    ],
+    [pytest.param(*case, id=name) for name, *case in MERGE_CASES],
 )
 def test_merge_rule(
     stored: dict[str, Any], update: dict[str, Any], expected: dict[str, Any]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,12 +16,6 @@ pytestmark = pytest.mark.integration
 API_KEY = "hook-api-key-3f9a"
 AWS_SECRET = "hook-aws-secret-77c1"
 ENTRY = {"checksum": "c", "last_updated": "2026-01-01T00:00:00+00:00", "sources": {}}
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[MotoS3Server]:
-    with MotoS3Server() as server:
-        yield server
 
 
 def hook(monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any]) -> OrchestraDbtHook:

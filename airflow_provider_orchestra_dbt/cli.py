@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-path", help="keep dbt's artifacts here (default: a temp dir)")
     parser.add_argument("--dbt-python", help="interpreter for the dbt worker (default: this one)")
     parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long to wait for another run of the same project and target on this "
+        "machine to finish (default: 3600; 0: fail at once)",
+    )
+    parser.add_argument(
         "--plan-for",
         choices=("build", "run", "test"),
         default="build",
@@ -78,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dry_run=args.command == "plan",
             python=args.dbt_python,
             target_path=args.target_path,
+            lock_timeout=args.lock_timeout,
         )
         store = LocalFileStateStore(Path(args.state_file)) if args.state_file else None
         report = DbtSession(config, store, log).run()

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 STATE_AWARE_COMMANDS = frozenset({"build", "run", "test"})
+DEFAULT_LOCK_TIMEOUT = 3600.0
+"""Seconds a run waits for another run of the same project and target to finish."""
 # Flags the worker sets itself for exact selection; a user value would silently break it.
 _RESERVED_FLAGS = {
     "--state": "use --defer-state for deferral; --state is used for exact node selection",
@@ -22,6 +24,7 @@ _RESERVED_FLAGS = {
     "--profiles-dir": "use the profiles_dir argument",
     "--vars": "use the vars argument",
 }
+_LOCK_TIMEOUT_PROBLEM = "lock_timeout must be a number of seconds >= 0, got {}"
 
 
 class ConfigError(ValueError):
@@ -48,6 +51,7 @@ class DbtRunConfig:
     target_path: Path | None = None
     key_prefix: str | None = None
     run_info: Mapping[str, Any] = field(default_factory=dict)
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
     @property
     def state_aware(self) -> bool:
@@ -75,6 +79,7 @@ class DbtRunConfig:
         target_path: str | Path | None = None,
         key_prefix: str | None = None,
         run_info: Mapping[str, Any] | None = None,
+        lock_timeout: float | str | None = DEFAULT_LOCK_TIMEOUT,
     ) -> DbtRunConfig:
         """Normalise loosely typed input (templated strings, lists) and validate it."""
         config = cls(
@@ -96,6 +101,7 @@ class DbtRunConfig:
             target_path=Path(target_path).expanduser() if target_path else None,
             key_prefix=key_prefix or None,
             run_info=dict(run_info or {}),
+            lock_timeout=_lock_timeout(lock_timeout),
         )
         config.validate()
         return config
@@ -119,6 +125,8 @@ class DbtRunConfig:
             )
         if self.profiles_dir is not None and not (self.profiles_dir / "profiles.yml").is_file():
             raise ConfigError(f"profiles_dir {str(self.profiles_dir)!r} has no profiles.yml")
+        if not self.lock_timeout >= 0:  # also rejects NaN
+            raise ConfigError(_LOCK_TIMEOUT_PROBLEM.format(f"{self.lock_timeout:g}"))
         if self.state_aware:
             for arg in self.dbt_args:
                 flag = arg.split("=", 1)[0]
@@ -168,6 +176,17 @@ def _threads(value: Any) -> int | None:
     if threads < 1:
         raise ConfigError(f"threads must be a positive integer, got {value!r}")
     return threads
+
+
+def _lock_timeout(value: Any) -> float:
+    if value is None or value == "":
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(_LOCK_TIMEOUT_PROBLEM.format(repr(value))) from None
 
 
 def _env(value: Mapping[str, Any] | None) -> dict[str, str]:

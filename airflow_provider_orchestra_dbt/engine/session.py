@@ -3,6 +3,10 @@
 Shared by the CLI and the Airflow operator; it knows nothing about Airflow. ``stop()`` may be
 called from another thread or a signal handler (the operator's ``on_kill``): it interrupts dbt,
 and whatever finished before the interruption is still recorded.
+
+Runs of the same project and target on one machine take turns (``engine/run_lock.py``): a
+run holds the lock from before it reads the state until its worker has exited, so the next
+run plans on what this one built and never meets it in the warehouse.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ from airflow_provider_orchestra_dbt.engine.planner import (
     probe_targets,
 )
 from airflow_provider_orchestra_dbt.engine.report import RunReport, finished_node_line
+from airflow_provider_orchestra_dbt.engine.run_lock import (
+    LOCK_FILE_NAME,
+    RunLock,
+    RunLockError,
+    RunLockStopped,
+)
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
 from airflow_provider_orchestra_dbt.worker.client import WorkerError, WorkerProcess
 
@@ -63,6 +73,7 @@ class DbtSession:
         self._worker: WorkerProcess | None = None
         self._results: dict[str, NodeResult] = {}
         self._stopped = threading.Event()
+        self._run_lock: RunLock | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -77,9 +88,15 @@ class DbtSession:
         except WorkerError as exc:
             raise DbtRunError(_explain(exc, config)) from exc
         finally:
-            if self._worker is not None:
-                self._worker.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            try:
+                if self._worker is not None:
+                    self._worker.close()
+            finally:
+                # Only now: DuckDB's file lock is the worker's until that process has exited.
+                if self._run_lock is not None:
+                    self._run_lock.release()
+                    self._run_lock = None
+                shutil.rmtree(run_dir, ignore_errors=True)
 
     def stop(self) -> None:
         """Interrupt dbt (SIGINT to its process group, then escalation)."""
@@ -91,6 +108,7 @@ class DbtSession:
     # -- the two kinds of run ------------------------------------------------------------------
 
     def _passthrough(self, run_dir: Path, target_path: Path) -> RunReport:
+        self._lock_run()  # dbt touches the warehouse as soon as it starts
         worker = self._start_worker(run_dir, target_path, state_aware=False)
         result = worker.receive("execute_result", self._on_event)
         return RunReport(
@@ -105,7 +123,8 @@ class DbtSession:
 
     def _stateful(self, run_dir: Path, target_path: Path) -> RunReport:
         config = self.config
-        state = self._load_state()
+        # Parsing and selection touch neither the warehouse nor the state (dbt-duckdb does not
+        # open its file to parse), so the worker does them while this run may still wait.
         worker = self._start_worker(run_dir, target_path, state_aware=True)
         graph_message = worker.receive("graph")
         self.log.info(
@@ -113,6 +132,10 @@ class DbtSession:
             graph_message.get("dbt_version"),
             graph_message.get("python"),
         )
+        # The state is read under the lock, so a run that waited plans on the previous run's
+        # results and reuses what it built.
+        self._lock_run()
+        state = self._load_state()
         graph = Graph.from_message(graph_message)
         selected = graph_message["selected"]
         sources, schemas = probe_targets(graph, selected)
@@ -186,6 +209,31 @@ class DbtSession:
         return report
 
     # -- pieces --------------------------------------------------------------------------------
+
+    def _lock_run(self) -> None:
+        """Wait for other runs of this project and target; held until ``run`` ends."""
+        config = self.config
+        label = " ".join(
+            [f"dbt {config.command}", *(f"{k}={v}" for k, v in config.run_info.items())]
+        )
+        lock = RunLock(
+            run_lock_path(config),
+            what=_where(config),
+            timeout=config.lock_timeout,
+            log=self.log,
+            label=label,
+            stop=self._stopped,
+        )
+        try:
+            lock.acquire()
+        except RunLockStopped:
+            raise DbtRunError(
+                f"dbt {config.command} was stopped while waiting for another run of "
+                f"{_where(config)} to finish; nothing ran"
+            ) from None
+        except RunLockError as exc:
+            raise DbtRunError(str(exc)) from None
+        self._run_lock = lock
 
     def _load_state(self) -> StateEntries:
         if self.store is None:
@@ -267,7 +315,7 @@ class DbtSession:
                 "run_dir": str(run_dir),
                 "target_path": str(target_path.resolve()),
                 "write_json": config.target_path is not None,
-                "cache_dir": str(self._cache_dir()),
+                "cache_dir": str(cache_dir(config)),
             }
         )
         return worker
@@ -280,17 +328,22 @@ class DbtSession:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def _cache_dir(self) -> Path:
-        config = self.config
-        root = Path(
-            os.environ.get(CACHE_DIR_ENV)
-            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-            / "airflow-provider-orchestra-dbt"
-        )
-        identity = "|".join(
-            [str(config.project_dir.resolve()), str(config.profiles_dir or ""), str(config.target)]
-        )
-        return root / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+def cache_dir(config: DbtRunConfig) -> Path:
+    """Our files for one project+target on this machine: dbt's partial-parse cache, the lock."""
+    root = Path(
+        os.environ.get(CACHE_DIR_ENV)
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "airflow-provider-orchestra-dbt"
+    )
+    profiles_dir = config.profiles_dir.resolve() if config.profiles_dir else ""
+    identity = "|".join([str(config.project_dir.resolve()), str(profiles_dir), str(config.target)])
+    return root / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def run_lock_path(config: DbtRunConfig) -> Path:
+    """The file runs of this project and target on this machine take turns on."""
+    return cache_dir(config) / LOCK_FILE_NAME
 
 
 def _plan_report(graph: Graph, the_plan: Plan) -> RunReport:
@@ -299,10 +352,15 @@ def _plan_report(graph: Graph, the_plan: Plan) -> RunReport:
     )
 
 
-def _explain(exc: WorkerError, config: DbtRunConfig) -> str:
+def _where(config: DbtRunConfig) -> str:
     where = f"dbt project {config.project_dir}"
     if config.target:
         where += f" (target {config.target!r})"
+    return where
+
+
+def _explain(exc: WorkerError, config: DbtRunConfig) -> str:
+    where = _where(config)
     stages = {
         "parse": f"dbt could not parse {where}",
         "select": f"dbt rejected the selection for {where}",

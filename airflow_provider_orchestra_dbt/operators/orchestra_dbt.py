@@ -66,6 +66,12 @@ class OrchestraDbtOperator(BaseOperator):
     :param reuse: set False to build everything selected (state is still recorded).
     :param dry_run: only plan: log and return the decisions, run no model, change no state.
     :param dbt_python: interpreter for the dbt worker, e.g. a separate dbt virtualenv's python.
+    :param target_path: keep dbt's artifacts (``manifest.json``, ``run_results.json``) in this
+        directory (default: a per-run temp dir, removed afterwards). Runs of one project and
+        target take turns, so a fixed path holds the latest run's artifacts; template it, e.g.
+        ``"/data/dbt-artifacts/{{ run_id }}"``, to keep each run's. Templated.
+    :param lock_timeout: seconds to wait for another run of the same project and target on
+        this machine to finish before failing (default 3600; 0 fails at once).
     :param push_node_details: also push per-node decisions and results to XCom
         (key ``orchestra_dbt_nodes``).
     :param manifest_path: the project's ``manifest.json``, read when the DAG is parsed to
@@ -91,6 +97,7 @@ class OrchestraDbtOperator(BaseOperator):
         "full_refresh",
         "env",
         "dbt_args",
+        "target_path",
     )
     template_fields_renderers = {"vars": "json", "env": "json", "dbt_args": "json"}
     ui_color = "#ff694a"
@@ -115,6 +122,8 @@ class OrchestraDbtOperator(BaseOperator):
         reuse: bool = True,
         dry_run: bool = False,
         dbt_python: str | None = None,
+        target_path: str | os.PathLike[str] | None = None,
+        lock_timeout: float | None = None,
         push_node_details: bool = True,
         manifest_path: str | os.PathLike[str] | None = None,
         asset_translator: DbtAssetTranslator | None = None,
@@ -141,6 +150,8 @@ class OrchestraDbtOperator(BaseOperator):
         # BaseOperator.dry_run is a method (render-only dry run), so keep ours apart.
         self.plan_only = dry_run
         self.dbt_python = dbt_python
+        self.target_path = str(target_path) if target_path else None
+        self.lock_timeout = lock_timeout
         self.push_node_details = push_node_details
         self.manifest_path = str(manifest_path) if manifest_path else None
         self.asset_translator = asset_translator or DbtAssetTranslator()
@@ -179,6 +190,8 @@ class OrchestraDbtOperator(BaseOperator):
                 reuse=self.reuse,
                 dry_run=self.plan_only,
                 python=self.dbt_python,
+                target_path=self.target_path,
+                lock_timeout=self.lock_timeout,
                 key_prefix=key_prefix,
                 run_info=_run_info(context),
             )

@@ -19,6 +19,8 @@ import pytest
 from support.tutorial import REPO, Workspace
 
 from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig
+from airflow_provider_orchestra_dbt.engine.run_lock import RunLock
+from airflow_provider_orchestra_dbt.engine.session import run_lock_path
 from airflow_provider_orchestra_dbt.hooks.orchestra_dbt import OrchestraDbtHook
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateError
 
@@ -88,6 +90,14 @@ def dbt_crash(ws: Workspace, caplog: pytest.LogCaptureFixture) -> str:
     return cli_error(ws, caplog, "build", "--", "--no-such-dbt-flag")
 
 
+def run_locked(ws: Workspace, caplog: pytest.LogCaptureFixture) -> str:
+    """Another run of the project and target holds the lock; this one may not wait."""
+    config = DbtRunConfig.create(project_dir=ws.project, profiles_dir=ws.project)
+    log = logging.getLogger("test")
+    with RunLock(run_lock_path(config), what="x", timeout=0, log=log, label="dag_id=other"):
+        return cli_error(ws, caplog, "build", "--lock-timeout", "0")
+
+
 def freshness_reason(ws: Workspace) -> str:
     ws.edit("models/staging/_sources.yml", "_loaded_at", "_no_such_column")
     report = ws.run()
@@ -115,6 +125,8 @@ CASES: dict[str, Case] = {
         ws, c, "build", "--dbt-python", str(t / "no" / "python")
     ),
     "dbt-crash": lambda ws, c, m, t: dbt_crash(ws, c),
+    "lock-timeout-invalid": lambda ws, c, m, t: config_error(ws, lock_timeout=-1),
+    "run-locked": lambda ws, c, m, t: run_locked(ws, c),
     "backend-unknown": lambda ws, c, m, t: connection_error(m, {"backend": "ftp"}),
     "local-without-uri": lambda ws, c, m, t: connection_error(m, {"backend": "local"}),
     "s3-uri-without-key": lambda ws, c, m, t: connection_error(

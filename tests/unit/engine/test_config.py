@@ -34,6 +34,10 @@ def project(tmp_path: Path) -> Path:
         ({"command": "build now"}, "command must be one dbt command"),
         ({"env": ["A=1"]}, "env must be a mapping"),
         ({"select": [1, 2]}, "select must be a string or a list of strings"),
+        ({"lock_timeout": -1}, "lock_timeout must be a number of seconds >= 0, got -1"),
+        ({"lock_timeout": "soon"}, "lock_timeout must be a number of seconds >= 0, got 'soon'"),
+        ({"lock_timeout": True}, "lock_timeout must be a number of seconds >= 0, got True"),
+        ({"lock_timeout": "nan"}, "lock_timeout must be a number of seconds >= 0, got nan"),
     ],
 )
 def test_bad_arguments_name_the_culprit(
@@ -61,6 +65,8 @@ def test_loose_input_is_normalised(project: Path) -> None:
     assert config.vars == {"start": "2026-01-01"}
     assert config.threads == 4 and config.env == {"N": "1"}
     assert config.state_aware
+    assert config.lock_timeout == 3600.0, "an hour by default"
+    assert DbtRunConfig.create(project_dir=project, lock_timeout="0").lock_timeout == 0.0
 
 
 def test_passthrough_commands_may_use_any_flag(project: Path) -> None:

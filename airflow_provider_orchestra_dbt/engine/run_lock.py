@@ -1,0 +1,220 @@
+"""One run at a time per dbt project and target on a machine.
+
+Two runs of the same project and target collide in the warehouse: DuckDB lets one process
+write its file, and on PostgreSQL two runs rebuilding a model clash on dbt's
+``<model>__dbt_tmp`` relations. So a run holds an exclusive ``flock`` on a file of the
+project+target's cache dir from before it reads the state until its dbt worker has exited;
+the next run waits (bounded, interruptible), then plans on what the first one built.
+
+The holder writes who it is into the lock file (pid, host, start time and a label such as
+the Airflow task), so a waiting run can say whom it waits for. The lock is released by the
+kernel if the holder dies, so a crashed run never blocks the next one. No Airflow imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from airflow_provider_orchestra_dbt.locking import (
+    LockInterrupted,
+    LockTimeout,
+    flock_exclusive,
+    open_lock_file,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_orchestra_dbt.engine.session import RunLogger
+
+__all__ = ["LOCK_FILE_NAME", "Holder", "RunLock", "RunLockError", "RunLockStopped"]
+
+LOCK_FILE_NAME = "run.lock"
+# Polling bounds: a run waits minutes, so a quarter second of lag after the holder
+# finishes costs nothing, and stop() interrupts a wait at once anyway.
+_FIRST_POLL = 0.02
+_MAX_POLL = 0.25
+_MAX_HOLDER_BYTES = 4096
+
+
+class RunLockError(RuntimeError):
+    """The lock could not be taken: another run held it past the timeout, or it failed."""
+
+
+class RunLockStopped(RunLockError):
+    """The run was stopped while it waited for the lock."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a run lock, as written into the lock file."""
+
+    pid: int
+    host: str
+    since: str
+    label: str = ""
+
+    @classmethod
+    def current(cls, label: str = "") -> Holder:
+        since = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        return cls(pid=os.getpid(), host=socket.gethostname(), since=since, label=label)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Holder | None:
+        """None for an empty or half-written file (the holder may be writing it right now)."""
+        try:
+            raw = json.loads(data)
+            return cls(
+                pid=int(raw["pid"]),
+                host=str(raw["host"]),
+                since=str(raw["since"]),
+                label=str(raw.get("label") or ""),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self)).encode("utf-8")
+
+    def describe(self) -> str:
+        text = f"pid {self.pid} on {self.host} since {self.since}"
+        return f"{text} ({self.label})" if self.label else text
+
+
+class RunLock:
+    """An exclusive lock on ``path`` held for one run; ``what`` names the project and target.
+
+    ``acquire`` waits at most ``timeout`` seconds (0: do not wait) and returns early with
+    :class:`RunLockStopped` once ``stop`` is set. Use as a context manager or call
+    ``acquire``/``release``; ``release`` is idempotent.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        what: str,
+        timeout: float,
+        log: RunLogger,
+        label: str = "",
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.path = path
+        self.what = what
+        self.timeout = timeout
+        self.label = label
+        self.log = log
+        self._stop = stop
+        self._fd: int | None = None
+        self._writable = False
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> Holder | None:
+        """Who holds the lock now, as far as the lock file says."""
+        try:
+            with open(self.path, "rb") as handle:
+                return Holder.from_bytes(handle.read(_MAX_HOLDER_BYTES))
+        except OSError:
+            return None
+
+    def acquire(self) -> float:
+        """Take the lock; returns the seconds spent waiting for another run."""
+        if self._fd is not None:
+            raise RunLockError(f"the run lock {self.path} is already held by this run")
+        fd = self._open()
+        announced: list[str] = []
+
+        def on_wait(waited: float) -> None:
+            holder = self.holder()
+            text = holder.describe() if holder else None
+            if not announced:
+                self.log.info(
+                    "Waiting for another run of %s to finish: it holds the run lock %s (%s); "
+                    "waiting up to %gs (lock_timeout)",
+                    self.what,
+                    self.path,
+                    text or "holder unknown",
+                    self.timeout,
+                )
+                announced.append(text or "")
+            elif text and text != announced[-1]:
+                self.log.info(
+                    "Still waiting after %.0fs: the run lock of %s is now held by %s",
+                    waited,
+                    self.what,
+                    text,
+                )
+                announced.append(text)
+
+        try:
+            waited = flock_exclusive(
+                fd,
+                timeout=self.timeout,
+                stop=self._stop,
+                on_wait=on_wait,
+                first_interval=_FIRST_POLL,
+                max_interval=_MAX_POLL,
+            )
+        except LockTimeout as exc:
+            os.close(fd)
+            holder = self.holder()
+            raise RunLockError(
+                f"another run of {self.what} holds its run lock {self.path}: "
+                f"{holder.describe() if holder else 'holder unknown'}; gave up after "
+                f"{exc.waited:.0f}s (lock_timeout={self.timeout:g}). Runs of one project and "
+                "target take turns on a machine: raise lock_timeout to wait longer"
+            ) from None
+        except LockInterrupted:
+            os.close(fd)
+            raise RunLockStopped(f"stopped while waiting for the run lock of {self.what}") from None
+        except OSError as exc:
+            os.close(fd)
+            raise RunLockError(f"cannot lock {self.path}: {exc}") from exc
+        self._fd = fd
+        if self._writable:
+            with contextlib.suppress(OSError):  # the description is a courtesy to waiters
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, Holder.current(self.label).to_bytes(), 0)
+        if announced:
+            self.log.info("Got the run lock of %s after waiting %.1fs", self.what, waited)
+        return waited
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self._writable:
+            # Waiters must not read our description once we are gone.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+        os.close(fd)  # closing the descriptor releases the lock
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = open_lock_file(self.path, writable=True)
+                self._writable = True
+            except PermissionError:
+                # Another user's lock file: it still serialises, we just cannot sign it.
+                fd = open_lock_file(self.path)
+                self._writable = False
+        except OSError as exc:
+            raise RunLockError(f"cannot open the run lock {self.path}: {exc}") from exc
+        return fd

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import random
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from airflow_provider_orchestra_dbt.locking import LockTimeout, flock_exclusive, open_lock_file
 from airflow_provider_orchestra_dbt.state.errors import StateError
 from airflow_provider_orchestra_dbt.state.model import (
     StateDocument,
@@ -25,10 +23,6 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 """Seconds ``save`` waits for the lock before giving up."""
 
 _DEFAULT_MODE = 0o644
-# Backoff bounds while polling for the lock: short enough that a burst of
-# parallel tasks drains quickly, capped so waiters do not spin on the CPU.
-_BACKOFF_START = 0.001
-_BACKOFF_MAX = 0.01
 
 
 class LocalFileStateStore:
@@ -138,9 +132,7 @@ class LocalFileStateStore:
     @contextlib.contextmanager
     def _locked(self, lock_path: Path) -> Iterator[None]:
         try:
-            # flock works on a read-only descriptor, so writers running as
-            # another user can share a lock file they cannot write to.
-            fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, _DEFAULT_MODE)
+            fd = open_lock_file(lock_path)
         except OSError as exc:
             raise StateError(f"cannot open lock file {lock_path}: {exc}") from exc
         try:
@@ -151,25 +143,14 @@ class LocalFileStateStore:
             os.close(fd)
 
     def _acquire(self, fd: int, lock_path: Path) -> None:
-        deadline = time.monotonic() + self._lock_timeout
-        backoff = _BACKOFF_START
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise StateError(f"cannot lock {lock_path}: {exc}") from exc
-            else:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StateError(
-                    f"timed out after {self._lock_timeout:g}s waiting for lock file {lock_path}"
-                )
-            # Jitter keeps a crowd of waiters from retrying in lockstep.
-            time.sleep(min(remaining, backoff * random.uniform(0.5, 1.0)))
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+        try:
+            flock_exclusive(fd, timeout=self._lock_timeout)
+        except LockTimeout:
+            raise StateError(
+                f"timed out after {self._lock_timeout:g}s waiting for lock file {lock_path}"
+            ) from None
+        except OSError as exc:
+            raise StateError(f"cannot lock {lock_path}: {exc}") from exc
 
     @staticmethod
     def _write(target: Path, payload: bytes) -> None:

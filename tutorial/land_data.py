@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any, Protocol
 
 TARGETS = ("duckdb", "postgres")
@@ -97,6 +98,22 @@ def duckdb_path() -> Path:
     return Path(os.environ.get("TUTORIAL_DUCKDB_PATH") or default)
 
 
+def _connect_duckdb(duckdb: Any, path: Path) -> Any:
+    """Open the DuckDB file, waiting while another process (a dbt run) holds it.
+
+    DuckDB allows one writing process at a time; an ingestion step that fails whenever a
+    parallel DAG run happens to be building would make backfills flaky.
+    """
+    deadline = monotonic() + float(os.environ.get("TUTORIAL_DUCKDB_LOCK_WAIT", "600"))
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or monotonic() >= deadline:
+                raise
+            sleep(0.2)
+
+
 @contextmanager
 def connect(target: str = "duckdb") -> Iterator[Warehouse]:
     """Open the target warehouse; commit on success and always close the connection."""
@@ -105,7 +122,7 @@ def connect(target: str = "duckdb") -> Iterator[Warehouse]:
 
         path = duckdb_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn: Any = duckdb.connect(str(path))
+        conn: Any = _connect_duckdb(duckdb, path)
         placeholder = "?"
     elif target == "postgres":
         import psycopg2  # type: ignore[import-untyped]

@@ -374,8 +374,8 @@ def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
     result = d.cli(
         "backfill", "create", "--dag-id", TUTORIAL,
         "--from-date", "2026-01-03", "--to-date", "2026-01-05",
-        # One run at a time: DuckDB takes a file lock, so parallel runs of this DAG fail.
-        "--max-active-runs", "1",
+        # All three runs at once: the operator's run lock takes their dbt builds in turn.
+        "--max-active-runs", "3",
     )  # fmt: skip
     (backfill_id,) = d.env.query(
         "select id from backfill where dag_id = ? and from_date like '2026-01-03%'", (TUTORIAL,)
@@ -413,6 +413,12 @@ def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
         assert set(events) == {FCT_DAILY_REVENUE}
         assert events[FCT_DAILY_REVENUE]["dbt_invocation_id"] == summary["invocation_id"]
         assert events[FCT_DAILY_REVENUE]["unique_id"] == summary["built"][0]
+
+    # The runs overlapped (else this test proves nothing about parallel runs), and the
+    # DuckDB file never saw two writers: the later dbt builds waited for the run lock.
+    assert any("Waiting for another run of" in d.task_log(r) for r in runs), [
+        d.task_log(r)[-3000:] for r in runs
+    ]
 
     # fct_orders was reused by every backfill run: no consumer run may come of them.
     d.wait_scheduler_loops(after=max(d.run_row(r)["end_date"] for r in runs))

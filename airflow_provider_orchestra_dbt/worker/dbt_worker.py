@@ -31,6 +31,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -38,8 +39,8 @@ PROTOCOL_VERSION = 1
 PARTIAL_PARSE_FILE = "partial_parse.msgpack"
 # dbt keeps these resource types as warehouse objects; everything else is not state-tracked.
 SELECTABLE_TYPES = {"model", "seed", "snapshot", "test", "unit_test", "source"}
-# A threshold so wide it never warns: it only makes dbt measure max_loaded_at for sources that
-# have a loaded_at_field but no freshness block of their own (dbt skips those otherwise).
+# A threshold so wide it never warns: it only makes `dbt source freshness` measure sources
+# that have a loaded_at_query but no freshness block of their own (dbt skips those otherwise).
 _MEASURE_ONLY_DAYS = 1_000_000
 
 
@@ -236,32 +237,75 @@ class DbtSession:
         }
 
     def _freshness(self, source_ids: list[str]) -> dict[str, dict[str, Any]]:
-        from dbt.artifacts.resources.types import TimePeriod
-        from dbt.artifacts.resources.v1.components import FreshnessThreshold, Time
-
         out: dict[str, dict[str, Any]] = {}
-        measurable = []
+        by_field = []
+        by_query = []
         for uid in source_ids:
             src = self.manifest.sources.get(uid)
             if src is None:
                 out[uid] = {"max_loaded_at": None, "error": "source not in the manifest"}
-                continue
-            if not (src.loaded_at_field or getattr(src, "loaded_at_query", None)):
+            elif getattr(src, "loaded_at_query", None):
+                by_query.append(src)
+            elif src.loaded_at_field:
+                by_field.append(src)
+            else:
                 out[uid] = {"max_loaded_at": None, "error": "it has no loaded_at_field"}
-                continue
+        out.update(self._freshness_by_field(by_field))
+        out.update(self._freshness_by_dbt(by_query))
+        return out
+
+    def _freshness_by_field(self, sources: list[Any]) -> dict[str, dict[str, Any]]:
+        """``max(loaded_at_field)`` through the adapter's own freshness macro.
+
+        The same query `dbt source freshness` runs, minus a whole dbt invocation around it
+        (a second of config, graph and thread-pool set-up for a handful of queries), and
+        without running the project's on-run-start/end hooks for a mere probe.
+        """
+        if not sources:
+            return {}
+        adapter = _adapter()
+        if adapter is None:
+            return self._freshness_by_dbt(sources)
+        threads = max(1, int(getattr(adapter.config, "threads", 1) or 1))
+
+        def measure(src: Any) -> dict[str, Any]:
+            try:
+                relation = adapter.Relation.create_from(adapter.config, src)
+                with adapter.connection_named(f"orchestra_freshness.{src.unique_id}"):
+                    adapter.clear_transaction()
+                    _response, freshness = adapter.calculate_freshness(
+                        relation,
+                        src.loaded_at_field,
+                        src.freshness.filter if src.freshness else None,
+                        macro_resolver=self.manifest,
+                    )
+            except Exception as exc:  # reported per source: the planner treats it as unknown
+                return {"max_loaded_at": None, "error": _first_lines(str(exc))}
+            return {"max_loaded_at": _utc_iso(freshness["max_loaded_at"]), "error": None}
+
+        with ThreadPoolExecutor(max_workers=min(threads, len(sources))) as pool:
+            results = pool.map(measure, sources)
+            return {src.unique_id: res for src, res in zip(sources, results, strict=True)}
+
+    def _freshness_by_dbt(self, sources: list[Any]) -> dict[str, dict[str, Any]]:
+        """A `dbt source freshness` invocation, for what only dbt renders (loaded_at_query)."""
+        from dbt.artifacts.resources.types import TimePeriod
+        from dbt.artifacts.resources.v1.components import FreshnessThreshold, Time
+
+        if not sources:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for src in sources:
             if not src.freshness:
                 src.freshness = FreshnessThreshold(
                     warn_after=Time(count=_MEASURE_ONLY_DAYS, period=TimePeriod.day)
                 )
-            measurable.append(src)
-        if not measurable:
-            return out
-        selectors = [f"source:{s.package_name}.{s.source_name}.{s.name}" for s in measurable]
+        selectors = [f"source:{s.package_name}.{s.source_name}.{s.name}" for s in sources]
         args = ["source", "freshness", "--quiet", *self._common_args(), "--select", *selectors]
         result = self._runner().invoke(args)
         if result.exception is not None or result.result is None:
             reason = _describe_exception(result.exception) if result.exception else "no result"
-            for s in measurable:
+            for s in sources:
                 out[s.unique_id] = {"max_loaded_at": None, "error": f"freshness failed: {reason}"}
             return out
         for res in result.result.results:
@@ -272,7 +316,7 @@ class DbtSession:
                 out[uid] = {"max_loaded_at": None, "error": _first_lines(message)}
             else:
                 out[uid] = {"max_loaded_at": _utc_iso(loaded), "error": None}
-        for s in measurable:
+        for s in sources:
             out.setdefault(s.unique_id, {"max_loaded_at": None, "error": "dbt returned no result"})
         return out
 

@@ -293,6 +293,22 @@ def test_artifacts_go_to_target_path_only_when_asked(ws: Workspace) -> None:
     assert (keep / "manifest.json").is_file()
 
 
+def test_sources_measured_by_a_loaded_at_query_work_like_a_loaded_at_field(
+    ws: Workspace,
+) -> None:
+    # Measured by a dbt invocation, not the adapter's freshness macro: only dbt renders it.
+    ws.edit(
+        "models/staging/_sources.yml",
+        "loaded_at_field: _loaded_at",
+        'loaded_at_query: "select max(_loaded_at) from {{ this }}"',
+    )
+    assert built(ws.run()) == set()
+    ws.append("orders")
+    report = ws.run()
+    assert built(report) == ORDERS_DOWNSTREAM
+    assert "new data in source raw.orders" in decisions(report)["stg_orders"]
+
+
 def test_a_source_whose_freshness_query_fails_is_unknown_and_the_run_continues(
     ws: Workspace,
 ) -> None:

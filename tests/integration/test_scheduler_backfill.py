@@ -289,8 +289,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> It
     for dag_file in ("orchestra_dbt_tutorial.py", "orchestra_dbt_consumer.py"):
         env.add_dag(dag_file, (REPO / "dags" / dag_file).read_text())
 
+    # SQLite lets one writer in at a time and Python's sqlite3 gives up after 5 s; with a
+    # scheduler, a dag-processor, an API server and three parallel runs on 2 busy cores, a
+    # writer (e.g. `backfill create`) can wait longer than that. $AIRFLOW_HOME/config is on
+    # every Airflow process's sys.path.
+    (env.home / "config").mkdir(exist_ok=True)
+    (env.home / "config" / "orchestra_test_sqlite.py").write_text(
+        'CONNECT_ARGS = {"timeout": 60}\n'
+    )
     port = free_port()
     extra = tutorial_env(ws) | {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "orchestra_test_sqlite.CONNECT_ARGS",
         "ORCHESTRA_DBT_TUTORIAL_MANIFEST": str(target / "manifest.json"),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
         # What `airflow standalone` runs on SQLite: the LocalExecutor (3.x has no

@@ -43,23 +43,7 @@ def ensure_py_spy() -> Path:
     py_spy = PROF_VENV / "bin" / "py-spy"
     if py_spy.exists():
         return py_spy
-    uv = shutil.which("uv")
-    if uv is None:
-        raise SystemExit("uv is needed to install py-spy into bench/.venv-prof")
-    python = bench_run._base_python()
-    subprocess.run([uv, "venv", "--quiet", "--python", python, str(PROF_VENV)], check=True)
-    subprocess.run(
-        [
-            uv,
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            str(PROF_VENV / "bin" / "python"),
-            f"py-spy=={PY_SPY_VERSION}",
-        ],
-        check=True,
-    )
+    bench_run.make_venv(PROF_VENV, [f"py-spy=={PY_SPY_VERSION}"])
     return py_spy
 
 

@@ -106,27 +106,20 @@ def ensure_orc_env() -> Path:
     orc = ORC_VENV / "bin" / "orc"
     if orc.exists() and marker.exists() and marker.read_text() == wanted:
         return orc
-    uv = shutil.which("uv")
-    if uv is None:
-        raise SystemExit("uv is needed to create bench/.venv-orc (pip install uv)")
     log(f"creating {ORC_VENV} (dbt-orchestra, pinned in {ORC_REQUIREMENTS.name})")
-    python = _base_python()
-    subprocess.run([uv, "venv", "--quiet", "--python", python, str(ORC_VENV)], check=True)
-    subprocess.run(
-        [
-            uv,
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            str(ORC_VENV / "bin" / "python"),
-            "-r",
-            str(ORC_REQUIREMENTS),
-        ],
-        check=True,
-    )
+    make_venv(ORC_VENV, ["-r", str(ORC_REQUIREMENTS)])
     marker.write_text(wanted)
     return orc
+
+
+def make_venv(venv: Path, requirements: list[str]) -> None:
+    """A virtualenv of its own for a benchmark tool, on this interpreter, created with uv."""
+    uv = shutil.which("uv")
+    if uv is None:
+        raise SystemExit(f"uv is needed to create {venv} (pip install uv)")
+    subprocess.run([uv, "venv", "--quiet", "--python", _base_python(), str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([uv, "pip", "install", "--quiet", "--python", python, *requirements], check=True)
 
 
 def _base_python() -> str:

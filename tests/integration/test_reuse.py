@@ -293,6 +293,14 @@ def test_artifacts_go_to_target_path_only_when_asked(ws: Workspace) -> None:
     assert (keep / "manifest.json").is_file()
 
 
+def test_a_default_selector_limits_a_run_without_selection(ws: Workspace) -> None:
+    # With no --select the worker skips `dbt ls`, unless selectors.yml names a default.
+    (ws.project / "selectors.yml").write_text(
+        "selectors:\n  - name: orders_mart\n    default: true\n    definition: 'fct_orders'\n"
+    )
+    assert built(ws.run("build", "--no-reuse")) == {"fct_orders"}
+
+
 def test_sources_measured_by_a_loaded_at_query_work_like_a_loaded_at_field(
     ws: Workspace,
 ) -> None:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from support.airflow_env import AirflowEnv
@@ -84,8 +84,13 @@ def baseline(request: pytest.FixtureRequest, target: str) -> Baseline:
 
 
 @pytest.fixture
-def ws(baseline: Baseline, tmp_path: Path) -> Workspace:
-    return baseline.copy_to(tmp_path / "ws")
+def ws(baseline: Baseline, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    # One path per target for every test's workspace: dbt's partial-parse cache is kept per
+    # project path, so a stable path lets each run re-parse only what the test changed
+    # (about 1.5 s of a 4 s run on the tutorial) instead of the whole project.
+    root = tmp_path_factory.getbasetemp() / f"workspace-{baseline.target}"
+    shutil.rmtree(root, ignore_errors=True)
+    return baseline.copy_to(root)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-file",
         help="local JSON state file (default: none, i.e. everything is built and nothing recorded)",
     )
+    parser.add_argument(
+        "--integration-account-id",
+        type=str.strip,
+        metavar="ID",
+        help="prefix state keys with '<ID>.', as the operator does with its connection's "
+        "Integration account id (default: no prefix)",
+    )
     parser.add_argument("--no-reuse", action="store_true", help="build everything, still record")
     parser.add_argument("--report", help="write a JSON report of every node's decision here")
     parser.add_argument(
@@ -69,24 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("orchestra_dbt")
     try:
-        config = DbtRunConfig.create(
-            project_dir=args.project_dir,
-            command=args.plan_for if args.command == "plan" else args.command,
-            profiles_dir=args.profiles_dir,
-            target=args.target,
-            select=args.select,
-            exclude=args.exclude,
-            selector=args.selector,
-            vars=args.vars,
-            full_refresh=args.full_refresh,
-            threads=args.threads,
-            dbt_args=dbt_args,
-            reuse=not args.no_reuse,
-            dry_run=args.command == "plan",
-            python=args.dbt_python,
-            target_path=args.target_path,
-            lock_timeout=args.lock_timeout,
-        )
+        config = run_config(args, dbt_args)
         store = LocalFileStateStore(Path(args.state_file)) if args.state_file else None
         report = DbtSession(config, store, log).run()
     except (ConfigError, DbtRunError, StateError) as exc:
@@ -97,6 +87,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.html:
         log.info("Wrote the picture of this run to %s", write_run_html(report, args.html))
     return report.exit_code
+
+
+def run_config(args: argparse.Namespace, dbt_args: Sequence[str]) -> DbtRunConfig:
+    """The run the parsed command line asks for.
+
+    Raises:
+        ConfigError: an argument is invalid.
+    """
+    return DbtRunConfig.create(
+        project_dir=args.project_dir,
+        command=args.plan_for if args.command == "plan" else args.command,
+        profiles_dir=args.profiles_dir,
+        target=args.target,
+        select=args.select,
+        exclude=args.exclude,
+        selector=args.selector,
+        vars=args.vars,
+        full_refresh=args.full_refresh,
+        threads=args.threads,
+        dbt_args=dbt_args,
+        reuse=not args.no_reuse,
+        dry_run=args.command == "plan",
+        python=args.dbt_python,
+        target_path=args.target_path,
+        lock_timeout=args.lock_timeout,
+        key_prefix=args.integration_account_id,
+    )
 
 
 if __name__ == "__main__":

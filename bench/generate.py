@@ -1,11 +1,13 @@
 """A deterministic generator of layered dbt-duckdb projects of N models, for the benchmarks.
 
     python bench/generate.py DEST --models 500 [--seed 0] [--warehouse DEST/warehouse.duckdb]
+                             [--sources N] [--no-loaded-at-field]
 
 The same ``(models, seed)`` always writes byte-identical files. A project of N models has:
 
-* sources (``raw_<domain>.<table>``) with ``loaded_at_field: loaded_at`` and a freshness block,
-  a not_null test on every fourth source;
+* sources (``raw_<domain>.<table>``), N/20 unless ``--sources`` says, with
+  ``loaded_at_field: loaded_at`` and a freshness block (without both with
+  ``--no-loaded-at-field``: their freshness is then implicit), a not_null test on every fourth;
 * staging views (~30 %), each reading one source;
 * intermediate tables (~35 %), each joining one to three staging or earlier intermediate models,
   mostly within their domain (a few cross-domain links), some through a macro that calls a macro;
@@ -93,6 +95,7 @@ class ProjectSpec:
     models: list[ModelSpec]
     change_source: str  # the source the "one source changed" scenario lands rows in
     change_staging: str  # the staging model the "one staging model changed" scenario edits
+    loaded_at_field: bool = True  # False: sources without it, measured by implicit freshness
 
     @property
     def counts(self) -> dict[str, int]:
@@ -115,18 +118,22 @@ class ProjectSpec:
 # -- the shape -----------------------------------------------------------------------------------
 
 
-def plan_project(n_models: int, seed: int = 0) -> ProjectSpec:
-    """Decide every model, parent and test; deterministic in ``(n_models, seed)``."""
+def plan_project(
+    n_models: int, seed: int = 0, *, n_sources: int | None = None, loaded_at_field: bool = True
+) -> ProjectSpec:
+    """Decide every model, parent and test; deterministic in the arguments."""
     if n_models < 10:
         raise ValueError("a benchmark project needs at least 10 models")
     rng = random.Random(f"{n_models}:{seed}")
     n_domains = max(2, min(len(DOMAINS), round(n_models / 50)))
     domains = list(DOMAINS[:n_domains])
-    n_sources = max(n_domains + 1, n_models // 20)
+    n_sources = max(n_domains + 1, n_sources or n_models // 20)
     n_staging = max(n_sources, round(n_models * 0.30))
     n_intermediate = round(n_models * 0.35)
     n_marts = n_models - n_staging - n_intermediate
     n_incremental = 1 if n_models < 100 else 2
+    if n_marts < n_domains + n_incremental:
+        raise ValueError(f"{n_sources} sources need more than {n_models} models")
 
     sources = []
     source_domain: dict[str, str] = {}
@@ -212,7 +219,9 @@ def plan_project(n_models: int, seed: int = 0) -> ProjectSpec:
     change_staging = next(
         m.name for m in models if m.layer == "staging" and m.source == sources[min(1, n_sources)]
     )
-    return ProjectSpec(n_models, seed, sources, models, change_source, change_staging)
+    return ProjectSpec(
+        n_models, seed, sources, models, change_source, change_staging, loaded_at_field
+    )
 
 
 # -- the files -----------------------------------------------------------------------------------
@@ -297,15 +306,15 @@ def sources_yml(spec: ProjectSpec) -> str:
     tested = set(spec.sources[::4])
     lines = ["version: 2", "", "sources:"]
     for name in sorted(grouped):
-        lines += [
-            f"  - name: {name}",
-            f"    schema: {name}",
-            "    config:",
-            "      loaded_at_field: loaded_at",
-            "      freshness:",
-            "        warn_after: {count: 3650, period: day}",
-            "    tables:",
-        ]
+        lines += [f"  - name: {name}", f"    schema: {name}"]
+        if spec.loaded_at_field:
+            lines += [
+                "    config:",
+                "      loaded_at_field: loaded_at",
+                "      freshness:",
+                "        warn_after: {count: 3650, period: day}",
+            ]
+        lines.append("    tables:")
         for table in grouped[name]:
             lines.append(f"      - name: {table}")
             if f"{name}.{table}" in tested:
@@ -384,9 +393,16 @@ def project_files(spec: ProjectSpec) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def write_project(dest: Path, n_models: int, seed: int = 0) -> ProjectSpec:
+def write_project(
+    dest: Path,
+    n_models: int,
+    seed: int = 0,
+    *,
+    n_sources: int | None = None,
+    loaded_at_field: bool = True,
+) -> ProjectSpec:
     """Write the project into ``dest`` (created; must be empty or absent) and ``spec.json``."""
-    spec = plan_project(n_models, seed)
+    spec = plan_project(n_models, seed, n_sources=n_sources, loaded_at_field=loaded_at_field)
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
@@ -455,8 +471,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warehouse", type=Path, help="also create the raw tables in this file")
+    parser.add_argument("--sources", type=int, help="number of sources (default: models / 20)")
+    parser.add_argument(
+        "--no-loaded-at-field",
+        dest="loaded_at_field",
+        action="store_false",
+        help="sources without loaded_at_field (implicit freshness)",
+    )
     args = parser.parse_args(argv)
-    spec = write_project(args.dest, args.models, args.seed)
+    spec = write_project(
+        args.dest,
+        args.models,
+        args.seed,
+        n_sources=args.sources,
+        loaded_at_field=args.loaded_at_field,
+    )
     (args.dest.parent / f"{args.dest.name}.spec.json").write_text(
         json.dumps(spec.to_json(), indent=2) + "\n"
     )

@@ -20,6 +20,9 @@ Scenarios:
 * ``staging``: one staging model's SQL changed (a new column);
 * ``full_refresh``: ``build --full-refresh`` after a build.
 
+With ``--no-loaded-at-field`` the sources have no ``loaded_at_field``: the ``noop`` row then
+shows the reuse rate implicit freshness gives (``bench/freshness.py`` times its probe).
+
 The prepared state for the last four is the result of that tool's own first cold build
 (unmeasured for them): project with its target/ (dbt's partial-parse file), warehouse, the
 tool's state file and our parse cache, snapshotted once and restored before every run. Tools
@@ -350,7 +353,9 @@ class Bench:
         base = self.work / f"n{size}"
         pristine = base / "pristine"
         log(f"N={size}: generating the project and its data in {pristine}")
-        spec = generate.write_project(pristine / "project", size)
+        spec = generate.write_project(
+            pristine / "project", size, loaded_at_field=self.args.loaded_at_field
+        )
         generate.create_warehouse(pristine / "warehouse.duckdb", spec)
         (pristine / "state").mkdir()
         # dbt-orchestra refuses to start without a state file; an empty one is a first run.
@@ -917,6 +922,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--micro-sizes", type=int, nargs="*", help="micro-benchmark node counts (default 10k 50k)"
     )
     parser.add_argument("--no-compare", action="store_true", help="skip the warehouse comparison")
+    parser.add_argument(
+        "--no-loaded-at-field",
+        dest="loaded_at_field",
+        action="store_false",
+        help="sources without loaded_at_field: our no-op reuse then rests on implicit freshness",
+    )
     parser.add_argument("--work-dir", help="scratch directory (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--output", help="results file (default bench/results/<date>.md)")

@@ -2,7 +2,9 @@
 
 A fingerprint covers the node's code (whitespace- and comment-insensitive), its config, every
 macro it calls (transitively), the values of the vars and env vars its code or macros read,
-the code of ephemeral models it inlines, and for seeds the CSV's bytes. It is stored as
+the code of ephemeral models it inlines, and for seeds the CSV's bytes. A node whose code reads
+dbt's ``graph`` sees every node of the project, so its fingerprint covers all of their code
+(the ``graph`` part). It is stored as
 ``checksum`` with a digest per part in ``checksum_parts`` so a rebuild can say what changed.
 """
 
@@ -16,11 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_orchestra_dbt.engine.graph import Graph, Node
+from airflow_provider_orchestra_dbt.engine.jinja_sql import JINJA_COMMENT, QUOTED_OR_COMMENT, QUOTES
+from airflow_provider_orchestra_dbt.engine.volatility import CodeScanner
 
 _VAR_CALL = re.compile(r"\bvar\(\s*['\"]([^'\"]+)['\"]")
 _ENV_VAR_CALL = re.compile(r"\benv_var\(\s*['\"]([^'\"]+)['\"]")
-_JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
 _UNSET = "<unset>"
+GRAPH_PART = "graph"
+# How a part is named in a rebuild's reason, where its key alone would not say enough.
+_PART_LABELS = {GRAPH_PART: "project graph"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,11 @@ class Fingerprint:
     def changed_parts(self, recorded: Mapping[str, Any] | None) -> list[str]:
         if not recorded:
             return []
-        return [name for name, digest in self.parts.items() if recorded.get(name) != digest]
+        return [
+            _PART_LABELS.get(name, name)
+            for name, digest in self.parts.items()
+            if recorded.get(name) != digest
+        ]
 
 
 def _digest(value: Any) -> str:
@@ -47,22 +57,12 @@ _EMPTY_DICT_DIGEST = hashlib.sha256(b"{}").hexdigest()
 _PARKED = "\ue000"
 
 
-# Quoted text (kept verbatim) and comments (a gap). Every alternative starts with a literal
-# character, which lets the regex engine skip ahead to candidates at C speed.
-_QUOTED_OR_COMMENT = re.compile(
-    r"""'[^'\\]*(?:\\.[^'\\]*)*'?|"[^"\\]*(?:\\.[^"\\]*)*"?|`[^`]*`?"""
-    r"|--[^\n]*|/\*.*?(?:\*/|\Z)",
-    re.DOTALL,
-)
-_QUOTES = frozenset("'\"`")
-
-
 def normalize_sql(text: str) -> str:
     """Drop comments and collapse whitespace outside quoted strings.
 
     Quoted text is kept verbatim, so an edit inside a string literal always counts.
     """
-    text = _JINJA_COMMENT.sub(" ", text)
+    text = JINJA_COMMENT.sub(" ", text)
     # Park quoted text behind a marker that is not whitespace, so one C-speed split/join
     # collapses the whitespace of all the code at once; then put the quoted text back.
     marker = _PARKED
@@ -72,12 +72,12 @@ def normalize_sql(text: str) -> str:
 
     def park(match: re.Match[str]) -> str:
         found = match.group()
-        if found[0] not in _QUOTES:
+        if found[0] not in QUOTES:
             return " "  # a comment separates like whitespace
         quoted.append(found)
         return marker
 
-    code = " ".join(_QUOTED_OR_COMMENT.sub(park, text).split())
+    code = " ".join(QUOTED_OR_COMMENT.sub(park, text).split())
     if not quoted:
         return code
     pieces = code.split(marker)
@@ -119,6 +119,9 @@ class Fingerprinter:
         env: Mapping[str, str],
     ) -> None:
         self._graph = graph
+        # What each node's code reads: the planner asks too, so it is public (one scan a run).
+        self.reads = CodeScanner(graph)
+        self._project_digest: str | None = None
         self._cli_vars = cli_vars
         self._env = env
         self._cache: dict[str, Fingerprint] = {}
@@ -169,7 +172,25 @@ class Fingerprinter:
             ),
             "env_vars": _digest({name: self._env.get(name, _UNSET) for name in sorted(env_names)}),
         }
+        if self.reads(node.unique_id).project:
+            parts[GRAPH_PART] = self._project()
         return Fingerprint(checksum=_digest(parts), parts=parts)
+
+    def _project(self) -> str:
+        """What ``graph`` shows of every node that decides a reader's result, once per run.
+
+        Raw code, not normalised: a reader may count its lines or characters. Adding or
+        removing a node changes it too.
+        """
+        if self._project_digest is None:
+            digest = hashlib.sha256()
+            for uid in sorted(self._graph.nodes):
+                n = self._graph.nodes[uid]
+                # repr is stable: the worker sends configs with sorted keys (json, sort_keys).
+                seen = (uid, n.raw_code, n.config, n.depends_on, n.file_hash, n.relation)
+                digest.update(repr(seen).encode("utf-8"))
+            self._project_digest = digest.hexdigest()
+        return self._project_digest
 
     # Macros are shared by many nodes: work on each is done once per run.
 

@@ -50,6 +50,8 @@ class Node:
     severity: str = "error"
     original_file_path: str | None = None
     has_loaded_at: bool = False
+    # dbt's rendered relation (quoted as the adapter quotes it): dbt-orchestra keys state by it.
+    relation_name: str | None = None
 
     @property
     def is_ephemeral(self) -> bool:
@@ -96,6 +98,7 @@ class Node:
             severity=str(facts.get("severity", "error")).lower(),
             original_file_path=facts.get("original_file_path"),
             has_loaded_at=bool(facts.get("has_loaded_at", False)),
+            relation_name=facts.get("relation_name"),
         )
 
 

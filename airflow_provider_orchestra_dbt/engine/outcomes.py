@@ -1,7 +1,9 @@
 """From dbt's node results to state entries: what this run may record as consumed (design §4).
 
 Only nodes that finished building successfully get a new entry. A failed or skipped node keeps
-its previous entry, so it stays dirty and the next run (or a task retry) rebuilds it.
+its previous entry, so it stays dirty and the next run (or a task retry) rebuilds it. A node
+whose error-severity test failed is recorded ``test_failed`` with a checksum no fingerprint
+matches, so it is rebuilt even after another tool rewrote its entry without ``status``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_orchestra_dbt.engine.graph import Graph
-from airflow_provider_orchestra_dbt.engine.planner import Plan, Probe
+from airflow_provider_orchestra_dbt.engine.planner import Plan, Probe, failed_checksum
 from airflow_provider_orchestra_dbt.state.model import StateEntries, format_timestamp
 
 BUILT_STATUSES = frozenset({"success"})
@@ -81,12 +83,16 @@ def state_updates(
         if decision.builds and result is not None and result.status in BUILT_STATUSES:
             assert decision.fingerprint is not None
             up = graph.upstream(uid)
+            checksum = decision.fingerprint.checksum
             entry: dict[str, Any] = {
                 "unique_id": uid,
-                "checksum": decision.fingerprint.checksum,
+                "checksum": failed_checksum(checksum) if uid in failed_tests_on else checksum,
                 "checksum_parts": dict(decision.fingerprint.parts),
                 "last_updated": result.finished_at or format_timestamp(datetime.now(UTC)),
                 "sources": _consumed_sources(up.sources, probe),
+                # Always written, even empty: a merge keeps fields an update lacks, and a
+                # stale token could later match again and hide data the node never read.
+                "source_tokens": _consumed_tokens(up.sources, probe),
                 "upstream": {
                     options.key_for(graph[p]): entry_p["last_updated"]
                     for p in up.nodes
@@ -99,7 +105,11 @@ def state_updates(
                 entry["run"] = dict(run_info)
             updates[key] = entry
         elif previous is not None and uid in failed_tests_on:
-            updates[key] = {**previous, "status": "test_failed"}
+            updates[key] = {
+                **previous,
+                "status": "test_failed",
+                "checksum": failed_checksum(previous["checksum"]),
+            }
         elif (
             previous is not None
             and previous.get("status") == "untested"
@@ -123,6 +133,20 @@ def _consumed_sources(source_ids: Iterable[str], probe: Probe) -> dict[str, str]
         fresh = probe.freshness.get(source_id)
         if fresh is not None and fresh.max_loaded_at is not None:
             consumed[source_id] = format_timestamp(fresh.max_loaded_at)
+    return consumed
+
+
+def _consumed_tokens(source_ids: Iterable[str], probe: Probe) -> dict[str, str]:
+    """Change tokens of sources without loaded_at_field, also as measured before the build.
+
+    Kept apart from ``sources``, whose values other tools (dbt-orchestra) read as timestamps.
+    """
+    consumed: dict[str, str] = {}
+    for source_id in source_ids:
+        fresh = probe.freshness.get(source_id)
+        token = fresh.consumed_token if fresh is not None else None
+        if token is not None:
+            consumed[source_id] = token
     return consumed
 
 

@@ -13,11 +13,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprint
+from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprint, Fingerprinter
 from airflow_provider_orchestra_dbt.engine.graph import BuildAfter, Graph, Node
+from airflow_provider_orchestra_dbt.engine.volatility import CodeScanner, Reads, volatility
 from airflow_provider_orchestra_dbt.state.model import StateEntries, parse_timestamp
 
 STATE_AWARE_COMMANDS = frozenset({"build", "run", "test"})
+
+# The checksum of a node whose error-severity test failed starts with this, so it matches no
+# fingerprint: the node is rebuilt even after another tool rewrote its entry without `status`.
+TEST_FAILED_CHECKSUM = "test_failed:"
+
+# Fields every entry we write carries. Other tools' entries lack them, and so do ours once
+# dbt-orchestra has rewritten a shared file; without them a reuse decision would be a guess.
+OWN_FIELDS = ("unique_id", "status", "upstream", "checksum_parts")
 
 
 class Action(StrEnum):
@@ -25,10 +34,31 @@ class Action(StrEnum):
     REUSE = "reuse"
 
 
+# How the worker measured a source without loaded_at_field (worker/dbt_worker.py METHOD_*).
+SOURCE_METHODS = {
+    "metadata": "warehouse metadata",
+    "postgres_stats": "postgres table statistics",
+    "duckdb_hash": "duckdb content hash",
+}
+
+
 @dataclass(frozen=True)
 class SourceFreshness:
+    """A source's measured freshness: a timestamp, a change token, or unknown (``error``)."""
+
     max_loaded_at: datetime | None
     error: str | None = None
+    method: str | None = None
+    token: str | None = None
+
+    @property
+    def method_label(self) -> str:
+        return SOURCE_METHODS.get(self.method or "", self.method or "loaded_at_field")
+
+    @property
+    def consumed_token(self) -> str | None:
+        """What a node that reads this source now records in its entry's ``source_tokens``."""
+        return f"{self.method}:{self.token}" if self.token is not None else None
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,8 @@ class Probe:
             uid: SourceFreshness(
                 parse_timestamp(f["max_loaded_at"]) if f.get("max_loaded_at") else None,
                 f.get("error"),
+                f.get("method"),
+                f.get("token"),
             )
             for uid, f in message.get("freshness", {}).items()
         }
@@ -132,7 +164,9 @@ def plan(
     probe: Probe,
     options: PlanOptions,
 ) -> Plan:
-    return _Planner(graph, state, fingerprint, probe, options).plan(selected)
+    # What each node's code reads: the fingerprinter has scanned it already.
+    reads = fingerprint.reads if isinstance(fingerprint, Fingerprinter) else CodeScanner(graph)
+    return _Planner(graph, state, fingerprint, probe, options, reads).plan(selected)
 
 
 class _Planner:
@@ -143,12 +177,14 @@ class _Planner:
         fingerprint: Callable[[str], Fingerprint],
         probe: Probe,
         options: PlanOptions,
+        reads: Callable[[str], Reads],
     ) -> None:
         self.graph = graph
         self.state = state
         self.fingerprint = fingerprint
         self.probe = probe
         self.options = options
+        self.reads = reads
         self.now = options.now or datetime.now().astimezone()
         self.building: set[str] = set()
         self._effective_build_after: dict[str, BuildAfter | None] = {}
@@ -198,11 +234,20 @@ class _Planner:
         entry = self.state.get(key)
         if entry is None:
             return build(f"no state recorded for {key}")
-        status = entry.get("status", "success")
-        if status == "test_failed":
+        if tests_failed(entry):
             return build("an error-severity test failed after its last build")
+        untrusted = distrust(entry, node.unique_id)
+        if untrusted:
+            return build(untrusted)
+        status = entry["status"]
         if status not in ("success", "untested"):
             return build(f"its last recorded status is {status!r}")
+        foreign = self._foreign_build(node)
+        if foreign and _built_after(foreign[1], entry):
+            return build(
+                f"another tool rebuilt it at {foreign[1].isoformat()} (state entry {foreign[0]}),"
+                " after our last build"
+            )
         if entry.get("checksum") != fp.checksum:
             changed = fp.changed_parts(entry.get("checksum_parts"))
             what = ", ".join(changed) if changed else "code fingerprint differs from state"
@@ -210,11 +255,19 @@ class _Planner:
         missing = self._missing_relation(node)
         if missing:
             return build(missing)
+        clock = volatility(
+            node, self.reads(node.unique_id), _timestamp(entry.get("last_updated")), self.now
+        )
+        if clock.due and self._build_after(node.unique_id) is None:
+            return build(clock.due)
 
         blocked_by = self._failed_upstream(node)
         new_data = self._new_data(node, entry)
+        if clock.due:  # like new data: a build_after delays it
+            new_data = {node.unique_id: clock.due, **new_data}
         if not new_data:
-            return reuse("up to date: code unchanged and no new upstream data")
+            note = f"; {clock.note}" if clock.note else ""
+            return reuse(f"up to date: code unchanged and no new upstream data{note}")
         if blocked_by:
             return reuse(
                 f"new data waits: upstream {blocked_by} failed an error-severity test "
@@ -245,7 +298,7 @@ class _Planner:
             if parent_id in self.building:
                 continue
             entry = self.state.get(self.options.key_for(self.graph[parent_id]))
-            if entry is not None and entry.get("status") == "test_failed":
+            if entry is not None and tests_failed(entry):
                 return self.graph[parent_id].name
         return None
 
@@ -253,9 +306,15 @@ class _Planner:
         """Every direct parent with data this node has not consumed: parent id -> reason."""
         reasons: dict[str, str] = {}
         consumed_sources = entry.get("sources") or {}
+        consumed_tokens = entry.get("source_tokens") or {}
         for source_id in self.graph.upstream(node.unique_id).sources:
             label = _source_label(self.graph[source_id])
             fresh = self.probe.freshness.get(source_id)
+            if fresh is not None and fresh.consumed_token is not None:
+                changed = _token_change(label, fresh, consumed_tokens.get(source_id))
+                if changed:
+                    reasons[source_id] = changed
+                continue
             if fresh is None or fresh.max_loaded_at is None:
                 why = fresh.error if fresh and fresh.error else "not measured"
                 reasons[source_id] = f"freshness of source {label} is unknown ({why})"
@@ -264,32 +323,55 @@ class _Planner:
             if consumed is None:
                 reasons[source_id] = f"source {label} was never consumed by this node"
             elif fresh.max_loaded_at > consumed:
+                measured = f"{fresh.method_label}: modified at" if fresh.method else "loaded up to"
                 reasons[source_id] = (
-                    f"new data in source {label} (loaded up to {fresh.max_loaded_at.isoformat()},"
+                    f"new data in source {label} ({measured} {fresh.max_loaded_at.isoformat()},"
                     f" consumed up to {consumed.isoformat()})"
                 )
-        consumed_upstream = entry.get("upstream")
+        consumed_upstream: Mapping[str, Any] = entry["upstream"]  # a trusted entry has it
         for parent_id in self.graph.upstream(node.unique_id).nodes:
             parent = self.graph[parent_id]
             if parent_id in self.building:
                 reasons[parent_id] = f"upstream {parent.name} is being built in this run"
+                continue
+            foreign = self._foreign_build(parent)
+            if foreign and _built_after(foreign[1], entry):
+                reasons[parent_id] = (
+                    f"upstream {parent.name} was rebuilt by another tool at "
+                    f"{foreign[1].isoformat()} (state entry {foreign[0]}) after this node was built"
+                )
                 continue
             parent_key = self.options.key_for(parent)
             parent_entry = self.state.get(parent_key)
             current = _timestamp(parent_entry.get("last_updated")) if parent_entry else None
             if current is None:
                 continue
-            if consumed_upstream is None:
-                # Entries written by dbt-orchestra carry no `upstream`: compare build times.
-                consumed = _timestamp(entry.get("last_updated"))
-            else:
-                consumed = _timestamp(consumed_upstream.get(parent_key))
+            consumed = _timestamp(consumed_upstream.get(parent_key))
             if consumed is None or current > consumed:
                 reasons[parent_id] = (
                     f"upstream {parent.name} was updated at {current.isoformat()} after this node "
                     f"last consumed it"
                 )
         return reasons
+
+    def _foreign_build(self, node: Node) -> tuple[str, datetime] | None:
+        """The newest build of ``node`` that dbt-orchestra recorded: (its state key, when).
+
+        orc keys a node by its unique_id, or with an integration account by
+        ``<account>.<relation_name>``. Our keys never take those forms, so a build recorded
+        there is one our own entries cannot know about.
+        """
+        keys = {node.unique_id}
+        if self.options.key_prefix:
+            keys.add(f"{self.options.key_prefix}.{node.relation_name or node.unique_id}")
+        keys.discard(self.options.key_for(node))
+        newest: tuple[str, datetime] | None = None
+        for foreign_key in sorted(keys):
+            entry = self.state.get(foreign_key)
+            built = _timestamp(entry.get("last_updated")) if entry else None
+            if built is not None and (newest is None or built > newest[1]):
+                newest = (foreign_key, built)
+        return newest
 
     def _build_after(self, unique_id: str) -> BuildAfter | None:
         """Own build_after, else the smallest window of its children if all of them have one."""
@@ -362,10 +444,47 @@ class _Planner:
             entry = self.state.get(self.options.key_for(node))
             if entry is None:
                 return decide(Action.BUILD, f"{node.name} has no recorded state")
-            status = entry.get("status", "success")
+            untrusted = distrust(entry, uid)
+            if untrusted:
+                return decide(Action.BUILD, f"{node.name}: {untrusted}")
+            status = entry["status"]
             if status != "success":
                 return decide(Action.BUILD, f"{node.name} has status {status!r}")
         return decide(Action.REUSE, "every node it tests is reused and passed its tests")
+
+
+def tests_failed(entry: Mapping[str, Any]) -> bool:
+    """Whether an error-severity test failed on the node after its last build."""
+    checksum = entry.get("checksum")
+    return entry.get("status") == "test_failed" or (
+        isinstance(checksum, str) and checksum.startswith(TEST_FAILED_CHECKSUM)
+    )
+
+
+def failed_checksum(checksum: str) -> str:
+    """``checksum`` made unmatchable for as long as the node's tests fail."""
+    if checksum.startswith(TEST_FAILED_CHECKSUM):
+        return checksum
+    return TEST_FAILED_CHECKSUM + checksum
+
+
+def distrust(entry: Mapping[str, Any], unique_id: str) -> str | None:
+    """Why an entry cannot be the basis of a reuse decision for ``unique_id``, or None."""
+    missing = [name for name in OWN_FIELDS if name not in entry]
+    if missing:
+        return (
+            f"its state entry lacks our fields ({', '.join(missing)}): written or rewritten "
+            "by another tool, not trusted"
+        )
+    if entry["unique_id"] != unique_id:
+        return f"its state entry was recorded for {entry['unique_id']}, not trusted"
+    return None
+
+
+def _built_after(when: datetime, entry: Mapping[str, Any]) -> bool:
+    """Whether ``when`` is later than the entry's build; an entry without a time: unsure, yes."""
+    built = _timestamp(entry.get("last_updated"))
+    return built is None or when > built
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -375,6 +494,15 @@ def _timestamp(value: Any) -> datetime | None:
         return parse_timestamp(value)
     except ValueError:
         return None
+
+
+def _token_change(label: str, fresh: SourceFreshness, consumed: Any) -> str | None:
+    """Any difference from the consumed token is a change: counters may go down or reset."""
+    if consumed is None:
+        return f"source {label} was never consumed by this node (no {fresh.method_label} recorded)"
+    if consumed != fresh.consumed_token:
+        return f"source {label} changed since last consumed ({fresh.method_label})"
+    return None
 
 
 def _source_label(node: Node) -> str:

@@ -27,6 +27,11 @@ FULL_LISTS_NOTE = (
 )
 
 
+def unmatched_message(criterion: str) -> str:
+    """dbt's own words (event NoNodesForSelectionCriteria) for a criterion matching nothing."""
+    return f"The selection criterion '{criterion}' does not match any enabled nodes"
+
+
 def node_outcome(is_test: bool, builds: bool, result: NodeResult | None) -> str:
     if not builds:
         return REUSED
@@ -55,6 +60,8 @@ class RunReport:
     artifacts_dir: str | None = None
     run_info: Mapping[str, Any] = field(default_factory=dict)
     invocation_id: str | None = None
+    # --select/--exclude criteria (and ``selector:<name>``) that matched no enabled node.
+    unmatched_selection: tuple[str, ...] = ()
 
     @property
     def success(self) -> bool:
@@ -106,6 +113,7 @@ class RunReport:
             for uid in full[name]:
                 cost = _json_size(uid) + 2  # the id and its ", " separator
                 if cost > room:
+                    room = 0  # a list cut short: the less important ones get nothing
                     break
                 kept.append(uid)
                 room -= cost
@@ -132,6 +140,7 @@ class RunReport:
             "state_updates": self.state_updates,
             "run": dict(self.run_info),
             "invocation_id": self.invocation_id,
+            "unmatched_selection": list(self.unmatched_selection),
         }
 
     def node_details(self) -> list[dict[str, Any]]:
@@ -181,10 +190,12 @@ class RunReport:
             f"tests passed={c['tests_passed']} warned={c['tests_warned']} "
             f"failed={c['tests_failed']} reused={c['tests_reused']}"
         )
+        unmatched = ", ".join(f"'{c}'" for c in self.unmatched_selection)
         return (
             f"dbt {self.command}: built={c[BUILT]} reused={c[REUSED]} failed={c[FAILED]} "
             f"skipped={c[SKIPPED]} not_run={c[NOT_RUN]}; {tests}; "
             f"estimated warehouse time saved by reuse: {self.time_saved_seconds:.1f}s"
+            + (f"; selection criteria matching no enabled node: {unmatched}" if unmatched else "")
         )
 
 

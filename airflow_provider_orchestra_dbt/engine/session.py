@@ -32,7 +32,11 @@ from airflow_provider_orchestra_dbt.engine.planner import (
     plan,
     probe_targets,
 )
-from airflow_provider_orchestra_dbt.engine.report import RunReport, finished_node_line
+from airflow_provider_orchestra_dbt.engine.report import (
+    RunReport,
+    finished_node_line,
+    unmatched_message,
+)
 from airflow_provider_orchestra_dbt.engine.run_lock import (
     LOCK_FILE_NAME,
     RunLock,
@@ -72,6 +76,7 @@ class DbtSession:
         self.log = logger
         self._worker: WorkerProcess | None = None
         self._results: dict[str, NodeResult] = {}
+        self._unmatched: list[str] = []
         self._stopped = threading.Event()
         self._run_lock: RunLock | None = None
 
@@ -119,6 +124,7 @@ class DbtSession:
             results={r["unique_id"]: NodeResult.from_message(r) for r in result["results"]},
             artifacts_dir=str(self.config.target_path) if self.config.target_path else None,
             run_info=self.config.run_info,
+            unmatched_selection=tuple(self._unmatched),
         )
 
     def _stateful(self, run_dir: Path, target_path: Path) -> RunReport:
@@ -126,7 +132,10 @@ class DbtSession:
         # Parsing and selection touch neither the warehouse nor the state (dbt-duckdb does not
         # open its file to parse), so the worker does them while this run may still wait.
         worker = self._start_worker(run_dir, target_path, state_aware=True)
-        graph_message = worker.receive("graph")
+        graph_message = worker.receive("graph", self._on_event)
+        if config.selector and not graph_message["selected"]:
+            # dbt warns per --select/--exclude criterion only, never for a YAML selector.
+            self._unmatched_criterion(f"selector:{config.selector}")
         self.log.info(
             "dbt %s, worker python %s",
             graph_message.get("dbt_version"),
@@ -274,12 +283,20 @@ class DbtSession:
             state_updates=updates,
             artifacts_dir=str(self.config.target_path) if self.config.target_path else None,
             run_info=self.config.run_info,
+            unmatched_selection=tuple(self._unmatched),
         )
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         if event.get("type") == "node_finished":
             self._results[event["unique_id"]] = NodeResult.from_message(event)
             self.log.info(finished_node_line(event))
+        elif event.get("type") == "selection_unmatched":
+            self._unmatched_criterion(str(event.get("criterion")))
+
+    def _unmatched_criterion(self, criterion: str) -> None:
+        if criterion not in self._unmatched:
+            self._unmatched.append(criterion)
+            self.log.warning(unmatched_message(criterion))
 
     def _start_worker(
         self, run_dir: Path, target_path: Path, *, state_aware: bool

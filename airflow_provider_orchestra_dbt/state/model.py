@@ -5,9 +5,10 @@ The document looks like::
     {"state": {"<key>": {"checksum": "...", "last_updated": "<ISO-8601>",
                          "sources": {"<source unique_id>": "<ISO-8601>"}}}}
 
-which is the shape the ``dbt-orchestra`` tool writes, so either tool can read
-the other's state. Entries may carry more fields (``upstream``, ``status``,
-``execution_time``, ``run``, ``checksum_parts``, ``unique_id``); fields and
+which is the shape the ``dbt-orchestra`` tool writes, so both tools can keep their
+entries in one document (under different keys: neither reuses the other's entries, see
+engine/planner.py). Entries may carry more fields (``upstream``, ``status``,
+``execution_time``, ``run``, ``checksum_parts``, ``source_tokens``, ``unique_id``); fields and
 top-level keys this version does not know about are carried through untouched
 so that a newer writer's data survives a round trip through an older one.
 """
@@ -208,10 +209,11 @@ def _check_optional(where: str, entry: dict[str, Any]) -> None:
     if "run" in entry and not isinstance(entry["run"], dict):
         raise StateFormatError(f"{where}: 'run' must be an object, got {_json_type(entry['run'])}")
 
-    if "checksum_parts" in entry:
-        parts = entry["checksum_parts"]
+    # source_tokens: source unique_id -> "<method>:<token>" consumed (implicit freshness).
+    for name in ("checksum_parts", "source_tokens"):
+        parts = entry.get(name, {})
         if not isinstance(parts, dict) or not all(isinstance(v, str) for v in parts.values()):
-            raise StateFormatError(f"{where}: 'checksum_parts' must be an object of strings")
+            raise StateFormatError(f"{where}: {name!r} must be an object of strings")
 
 
 def _check_entry(origin: str, key: str, entry: object) -> None:

@@ -9,6 +9,7 @@ corrupt the protocol stream.
 Conversation (the parent drives; see ``worker/client.py``)::
 
     parent -> {"type": "start", ...RunRequest}
+    worker -> {"type": "selection_unmatched", "criterion": ...}*   # dbt's warning, per criterion
     worker -> {"type": "graph", ...}            # after one parse and the selection
     parent -> {"type": "probe", "sources": [...], "schemas": [[db, schema], ...]}
     worker -> {"type": "probe_result", "freshness": {...}, "relations": {...}}
@@ -36,6 +37,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 PROTOCOL_VERSION = 1
+# dbt's warning for a --select/--exclude criterion that matches no enabled node.
+UNMATCHED_SELECTION_EVENT = "NoNodesForSelectionCriteria"
 PARTIAL_PARSE_FILE = "partial_parse.msgpack"
 # dbt keeps these resource types as warehouse objects; everything else is not state-tracked.
 SELECTABLE_TYPES = {"model", "seed", "snapshot", "test", "unit_test", "source"}
@@ -178,9 +181,11 @@ class DbtSession:
             return self._every_node()
         args = ["ls", "--quiet", *self._common_args(), "--output", "json"]
         args += ["--output-keys", "unique_id", *self._user_selection()]
+        # With the user's --warn-error, a criterion matching nothing fails here, as in dbt.
+        args += _warn_error_args(self.request.get("dbt_args") or [])
         # `ls` prints every match; keep that noise out of the task log.
         with _silenced_stdout():
-            result = self._invoke("select", args)
+            result = self._invoke("select", args, [_EventForwarder(self.channel)])
         if not result.success:
             raise WorkerError("select", "dbt could not resolve the selection")
         return [json.loads(line)["unique_id"] for line in result.result or []]
@@ -240,18 +245,21 @@ class DbtSession:
         out: dict[str, dict[str, Any]] = {}
         by_field = []
         by_query = []
+        implicit = []
         for uid in source_ids:
             src = self.manifest.sources.get(uid)
             if src is None:
-                out[uid] = {"max_loaded_at": None, "error": "source not in the manifest"}
+                out[uid] = _unknown("source not in the manifest")
             elif getattr(src, "loaded_at_query", None):
                 by_query.append(src)
             elif src.loaded_at_field:
                 by_field.append(src)
             else:
-                out[uid] = {"max_loaded_at": None, "error": "it has no loaded_at_field"}
+                implicit.append(src)
         out.update(self._freshness_by_field(by_field))
         out.update(self._freshness_by_dbt(by_query))
+        if implicit:
+            out.update(implicit_freshness(_adapter(), implicit, self.manifest))
         return out
 
     def _freshness_by_field(self, sources: list[Any]) -> dict[str, dict[str, Any]]:
@@ -413,7 +421,8 @@ class DbtSession:
 
 
 class _EventForwarder:
-    """dbt callback: forwards node start/finish as compact events. Must never raise."""
+    """dbt callback: forwards node start/finish and selection criteria that matched nothing
+    as compact events. Must never raise."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -430,6 +439,10 @@ class _EventForwarder:
                         "unique_id": info.unique_id,
                         "started_at": _utc_iso(info.node_started_at),
                     }
+                )
+            elif name == UNMATCHED_SELECTION_EVENT:
+                self.channel.send(
+                    {"type": "selection_unmatched", "criterion": str(event.data.spec_raw)}
                 )
             elif name == "NodeFinished":
                 info = event.data.node_info
@@ -453,7 +466,296 @@ class _EventForwarder:
                 print(f"orchestra: could not forward a dbt event: {exc!r}", file=sys.stderr)
 
 
+# -- implicit source freshness -----------------------------------------------------------------
+#
+# For a source with neither loaded_at_field nor loaded_at_query, change is measured from the
+# warehouse itself. A result is either a timestamp (``max_loaded_at``, warehouse metadata), a
+# token the planner compares with the one the node consumed (``method`` + ``token``), or
+# unknown (``error``), which the planner treats as new data.
+
+# meta: {orchestra_dbt: {<option>: <value>}} on a source or its table (dbt merges both into the
+# source's meta, the table winning). The only source options: name -> (type, how to write it).
+META_NAMESPACE = "orchestra_dbt"
+IMPLICIT_FRESHNESS = "implicit_freshness"
+SOURCE_OPTIONS: dict[str, tuple[type, str]] = {IMPLICIT_FRESHNESS: (bool, "true or false")}
+METHOD_METADATA = "metadata"
+METHOD_POSTGRES = "postgres_stats"
+METHOD_DUCKDB = "duckdb_hash"
+# Hashing reads every row on every run: beyond this estimated size only an opt-in pays for it.
+DUCKDB_HASH_MAX_ROWS = 10_000_000
+_OPT_IN = f"meta {META_NAMESPACE}.{IMPLICIT_FRESHNESS}: true"
+_PG_KINDS = {"v": "view", "p": "partitioned table", "f": "foreign table"}
+# One query for every source: the catalog says what the relation is and whether it was
+# rewritten (relfilenode: TRUNCATE, VACUUM FULL, ALTER ... TYPE) or resized; the cumulative
+# counters say rows were written. Counters reach pg_stat up to a few seconds after the
+# writer's commit, the size at once.
+_POSTGRES_STATS_SQL = """
+select s.i, current_database(), current_setting('track_counts'), c.relkind, c.relfilenode,
+       pg_relation_size(c.oid), pg_stat_get_tuples_inserted(c.oid),
+       pg_stat_get_tuples_updated(c.oid), pg_stat_get_tuples_deleted(c.oid),
+       (select string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ', '
+                          order by a.attnum)
+          from pg_attribute a
+         where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped)
+from unnest(%s::text[]) with ordinality as s(name, i)
+left join pg_class c on c.oid = to_regclass(s.name)
+order by s.i
+"""
+_DUCKDB_CATALOG_SQL = """
+with relations as (
+    select database_name, schema_name, table_name as name, 'table' as kind, estimated_size
+    from duckdb_tables()
+    union all
+    select database_name, schema_name, view_name, 'view', null
+    from duckdb_views() where not internal
+), columns as (
+    select database_name, schema_name, table_name as name,
+           string_agg(column_name || ' ' || data_type, ', ' order by column_index) as columns
+    from duckdb_columns() group by all
+)
+select lower(database_name), lower(schema_name), lower(name), kind, estimated_size, columns
+from relations left join columns using (database_name, schema_name, name)
+"""
+# Row count plus an order-independent sum of row hashes: duplicates count, order does not.
+_DUCKDB_HASH_SQL = "select count(*), sum(hash(t)) from {relation} as t"
+
+Measure = Callable[[Any, list[tuple[Any, bool]], Any], dict[str, dict[str, Any]]]
+
+
+def _unknown(why: str) -> dict[str, Any]:
+    return {"max_loaded_at": None, "error": why}
+
+
+def _token(method: str, token: str) -> dict[str, Any]:
+    return {"max_loaded_at": None, "error": None, "method": method, "token": token}
+
+
+def source_option(source: Any, name: str) -> Any:
+    """One of ``SOURCE_OPTIONS`` from the source's meta, None when unset.
+
+    Raises:
+        ValueError: the option's value, or the ``orchestra_dbt`` block, has the wrong type.
+    """
+    block = (getattr(source, "meta", None) or {}).get(META_NAMESPACE)
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise ValueError(f"meta {META_NAMESPACE} must be a mapping, got {block!r}")
+    value = block.get(name)
+    expected, spelled = SOURCE_OPTIONS[name]
+    if value is not None and not isinstance(value, expected):
+        raise ValueError(f"meta {META_NAMESPACE}.{name} must be {spelled}, got {value!r}")
+    return value
+
+
+def implicit_freshness(adapter: Any, sources: list[Any], manifest: Any) -> dict[str, Any]:
+    """Freshness of sources with neither loaded_at_field nor loaded_at_query, per source."""
+    out: dict[str, dict[str, Any]] = {}
+    wanted: list[tuple[Any, bool]] = []  # (source, opted in)
+    for src in sources:
+        try:
+            choice = source_option(src, IMPLICIT_FRESHNESS)
+        except ValueError as exc:
+            out[src.unique_id] = _unknown(str(exc))
+            continue
+        if choice is False:
+            out[src.unique_id] = _unknown(
+                f"it has no loaded_at_field and meta {META_NAMESPACE}.{IMPLICIT_FRESHNESS} is false"
+            )
+        else:
+            wanted.append((src, choice is True))
+    if not wanted:
+        return out
+    measure, why_not = _implicit_method(adapter)
+    if measure is None:
+        out.update({src.unique_id: _unknown(why_not) for src, _ in wanted})
+        return out
+    try:
+        out.update(measure(adapter, wanted, manifest))
+    except Exception as exc:  # e.g. no permission on the catalog: unknown, the run goes on
+        failed = _unknown(f"implicit freshness failed: {_first_lines(str(exc))}")
+        out.update({src.unique_id: failed for src, _ in wanted if src.unique_id not in out})
+    return out
+
+
+def _implicit_method(adapter: Any) -> tuple[Measure | None, str]:
+    if adapter is None:
+        return None, "no dbt adapter registered"
+    from dbt.adapters.capability import Capability
+
+    if adapter.supports(Capability.TableLastModifiedMetadata):
+        return _metadata_freshness, ""
+    kind = adapter.type()
+    measure = _IMPLICIT_BY_ADAPTER.get(kind)
+    if measure is None:
+        return None, (
+            f"it has no loaded_at_field, and implicit freshness is not available on {kind}"
+            " (no warehouse metadata for it in dbt)"
+        )
+    return measure, ""
+
+
+def _fetch(adapter: Any, sql: str, bindings: Any = None) -> list[tuple[Any, ...]]:
+    # The DB-API cursor, not adapter.execute: agate would retype the values.
+    _, cursor = adapter.connections.add_query(sql, auto_begin=False, bindings=bindings)
+    return [tuple(row) for row in cursor.fetchall()]
+
+
+def _source_relations(adapter: Any, wanted: list[tuple[Any, bool]]) -> dict[str, Any]:
+    return {src.unique_id: adapter.Relation.create_from(adapter.config, src) for src, _ in wanted}
+
+
+def _lowered_path(relation: Any) -> tuple[str, str, str]:
+    return (
+        str(relation.database or "").lower(),
+        str(relation.schema or "").lower(),
+        str(relation.identifier or "").lower(),
+    )
+
+
+def _digest(text: str | None) -> str:
+    return hashlib.sha256((text or "").encode()).hexdigest()[:16]
+
+
+def _metadata_freshness(
+    adapter: Any, wanted: list[tuple[Any, bool]], manifest: Any
+) -> dict[str, dict[str, Any]]:
+    """dbt's own metadata-based freshness (what `dbt source freshness` does without a field)."""
+    from dbt.adapters.capability import Capability
+
+    out: dict[str, dict[str, Any]] = {}
+    tables: dict[str, Any] = {}
+    with adapter.connection_named("orchestra_freshness_metadata"):
+        relations = _source_relations(adapter, wanted)
+        kinds = _relation_kinds(adapter, list(relations.values()))
+        for uid, relation in relations.items():
+            kind = kinds.get(_lowered_path(relation), "missing")
+            if kind == "table":
+                tables[uid] = relation
+            elif kind == "missing":
+                out[uid] = _unknown(f"{relation} was not found in the warehouse")
+            else:
+                # A view's last-modified time is its definition's, not its data's.
+                out[uid] = _unknown(f"it is a {kind}: its metadata does not show its data change")
+        batch: dict[Any, Any] = {}
+        if tables and adapter.supports(Capability.TableLastModifiedMetadataBatch):
+            try:
+                _, batch = adapter.calculate_freshness_from_metadata_batch(
+                    list(tables.values()), macro_resolver=manifest
+                )
+            except Exception:  # as `dbt source freshness` does: fall back to one query each
+                batch = {}
+        for uid, relation in tables.items():
+            try:
+                fresh = batch.get(relation)
+                if fresh is None:
+                    _, fresh = adapter.calculate_freshness_from_metadata(
+                        relation, macro_resolver=manifest
+                    )
+            except Exception as exc:
+                out[uid] = _unknown(f"warehouse metadata unreadable: {_first_lines(str(exc))}")
+                continue
+            out[uid] = _metadata_result(fresh.get("max_loaded_at"))
+    return out
+
+
+def _relation_kinds(adapter: Any, relations: list[Any]) -> dict[tuple[str, str, str], str]:
+    kinds: dict[tuple[str, str, str], str] = {}
+    for database, schema in sorted({(r.database, r.schema) for r in relations}, key=str):
+        listed = adapter.list_relations_without_caching(
+            adapter.Relation.create(database=database, schema=schema)
+        )
+        kinds.update({_lowered_path(r): str(_enum_value(r.type) or "relation") for r in listed})
+    return kinds
+
+
+def _metadata_result(last_modified: Any) -> dict[str, Any]:
+    # dbt reports a table the metadata has no time for as modified in the year 1.
+    if last_modified is None or last_modified.year <= 1:
+        return _unknown("the warehouse metadata has no last-modified time for it")
+    return {"max_loaded_at": _utc_iso(last_modified), "error": None, "method": METHOD_METADATA}
+
+
+def _postgres_tokens(
+    adapter: Any, wanted: list[tuple[Any, bool]], manifest: Any
+) -> dict[str, dict[str, Any]]:
+    relations = _source_relations(adapter, wanted)
+    names = [r.include(database=False).render() for r in relations.values()]
+    with adapter.connection_named("orchestra_freshness_postgres"):
+        rows = _fetch(adapter, _POSTGRES_STATS_SQL, [names])
+    return {
+        uid: _postgres_result(relation, row)
+        for (uid, relation), row in zip(relations.items(), rows, strict=True)
+    }
+
+
+def _postgres_result(relation: Any, row: tuple[Any, ...]) -> dict[str, Any]:
+    _, database, track_counts, kind, filenode, size, inserted, updated, deleted, columns = row
+    if relation.database and str(relation.database) != database:
+        return _unknown(f"it is in database {relation.database}, not {database}")
+    if kind is None:
+        return _unknown(f"{relation} was not found in the warehouse")
+    if kind in _PG_KINDS:
+        return _unknown(f"it is a {_PG_KINDS[kind]}: table statistics do not show its data change")
+    if track_counts != "on":
+        return _unknown("the server's track_counts is off, so table statistics never change")
+    token = (
+        f"relfilenode={filenode};size={size};ins={inserted};upd={updated};del={deleted};"
+        f"columns={_digest(columns)}"
+    )
+    return _token(METHOD_POSTGRES, token)
+
+
+def _duckdb_tokens(
+    adapter: Any, wanted: list[tuple[Any, bool]], manifest: Any
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with adapter.connection_named("orchestra_freshness_duckdb"):
+        catalog = {row[:3]: row[3:] for row in _fetch(adapter, _DUCKDB_CATALOG_SQL)}
+        relations = _source_relations(adapter, wanted)
+        for src, opted_in in wanted:
+            relation = relations[src.unique_id]
+            found = catalog.get(_lowered_path(relation))
+            out[src.unique_id] = _duckdb_result(adapter, relation, found, opted_in)
+    return out
+
+
+def _duckdb_result(
+    adapter: Any, relation: Any, found: tuple[Any, ...] | None, opted_in: bool
+) -> dict[str, Any]:
+    if found is None:
+        return _unknown(f"{relation} was not found in the warehouse")
+    kind, estimated_rows, columns = found
+    if kind == "view" and not opted_in:
+        return _unknown(f"it is a view: hashing it runs its query, so only with {_OPT_IN}")
+    if (estimated_rows or 0) > DUCKDB_HASH_MAX_ROWS and not opted_in:
+        return _unknown(
+            f"about {estimated_rows} rows, more than the {DUCKDB_HASH_MAX_ROWS} a content hash "
+            f"reads without {_OPT_IN}"
+        )
+    try:
+        [(rows, total)] = _fetch(adapter, _DUCKDB_HASH_SQL.format(relation=relation))
+    except Exception as exc:
+        return _unknown(f"its content hash failed: {_first_lines(str(exc))}")
+    return _token(METHOD_DUCKDB, f"rows={rows};hash={total or 0};columns={_digest(columns)}")
+
+
+_IMPLICIT_BY_ADAPTER: dict[str, Measure] = {"postgres": _postgres_tokens, "duckdb": _duckdb_tokens}
+
+
 # -- facts extraction --------------------------------------------------------------------------
+
+
+def _warn_error_args(dbt_args: list[str]) -> list[str]:
+    """The user's ``--warn-error`` and ``--warn-error-options`` flags, with their values."""
+    found: list[str] = []
+    for i, arg in enumerate(dbt_args):
+        flag = arg.split("=", 1)[0]
+        if flag == "--warn-error":
+            found.append(arg)
+        elif flag == "--warn-error-options":
+            found += dbt_args[i : i + 1 if "=" in arg else i + 2]
+    return found
 
 
 def _build_after(config: Any) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from support.airflow_env import children, wait_for
-from support.tutorial import Workspace, tree_digest
+from support.tutorial import Workspace, plain_dbt_build, tree_digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc"
@@ -55,23 +55,6 @@ def start_cli(ws: Workspace, log: Path, **env: str) -> subprocess.Popen[bytes]:
     environ = os.environ | {"TUTORIAL_DUCKDB_PATH": str(ws.warehouse)} | env
     with log.open("wb") as out:
         return subprocess.Popen(argv, env=environ, stdout=out, stderr=subprocess.STDOUT)
-
-
-def plain_dbt_build(ws: Workspace, warehouse: Path, scratch: Path) -> dict[str, list[tuple]]:
-    """The reference: plain ``dbt build`` on a copy of the project, against ``warehouse``."""
-    project = scratch / "plain-project"
-    shutil.copytree(ws.project, project)
-    dbt = Path(sys.executable).with_name("dbt")
-    env = os.environ | {"TUTORIAL_DUCKDB_PATH": str(warehouse)}
-    env.pop(SLOW_ENV, None)
-    subprocess.run(
-        [str(dbt), "build", "--project-dir", str(project), "--profiles-dir", str(project),
-         "--target-path", str(scratch / "target"), "--log-path", str(scratch / "logs")],
-        env=env, cwd=project, check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    reference = Workspace(scratch)
-    reference.warehouse = warehouse
-    return reference.tables()
 
 
 def worker_of(proc: subprocess.Popen[bytes]) -> int | None:
@@ -120,7 +103,9 @@ def test_sigkill_of_the_worker_mid_build(ws: Workspace, tmp_path: Path) -> None:
     assert {"fast_parent", "slow_child", "stg_orders"} <= {
         u.split(".")[-1] for u in report["built"]
     }
-    assert ws.tables() == plain_dbt_build(ws, reference_warehouse, tmp_path / "plain")
+    assert ws.tables() == plain_dbt_build(
+        ws, reference_warehouse, tmp_path / "plain", unset=(SLOW_ENV,)
+    )
 
 
 def test_sigkill_of_the_parent_while_it_saves_state(ws: Workspace, tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ def clean_state(graph: Graph) -> dict[str, dict[str, Any]]:
             continue
         up = graph.upstream(node.unique_id)
         state[key(node.unique_id)] = {
+            "unique_id": node.unique_id,
             "checksum": f"c-{node.unique_id}",
             "checksum_parts": {"code": f"code-{node.unique_id}", "config": "cfg"},
             "last_updated": iso(T0),

@@ -14,11 +14,12 @@ copying is much cheaper than a cold dbt build. Two targets of ``tutorial/profile
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from support.postgres import PgServer
+from support.scripts import load_script
 
 from airflow_provider_orchestra_dbt import cli
 
@@ -47,11 +49,7 @@ STATEFUL = {
 
 
 def land_data() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("tutorial_land_data", TUTORIAL / "land_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(TUTORIAL / "land_data.py", "tutorial_land_data")
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -239,6 +237,27 @@ class Workspace:
         self.state_file.write_text(json.dumps(document, indent=2))
 
 
+def plain_dbt_build(
+    ws: Workspace, warehouse: Path, scratch: Path, *, unset: Iterable[str] = ()
+) -> dict[str, list[tuple[Any, ...]]]:
+    """The reference: plain ``dbt build`` on a copy of the project, against the DuckDB file
+    ``warehouse``, with the environment variables ``unset`` removed; returns its tables."""
+    project = scratch / "plain-project"
+    shutil.copytree(ws.project, project)
+    dbt = Path(sys.executable).with_name("dbt")
+    env = os.environ | {"TUTORIAL_DUCKDB_PATH": str(warehouse)}
+    for name in unset:
+        env.pop(name, None)
+    subprocess.run(
+        [str(dbt), "build", "--project-dir", str(project), "--profiles-dir", str(project),
+         "--target-path", str(scratch / "target"), "--log-path", str(scratch / "logs")],
+        env=env, cwd=project, check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    reference = Workspace(scratch)
+    reference.warehouse = warehouse
+    return reference.tables()
+
+
 def built(report: dict[str, Any]) -> set[str]:
     return {short(u) for u in report["built"]}
 
@@ -270,15 +289,25 @@ class Baseline:
     then kept as ``pg.template`` for :meth:`copy_to`.
     """
 
-    def __init__(self, root: Path, pg: PgDatabase | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        pg: PgDatabase | None = None,
+        project: Path = TUTORIAL,
+        land: Callable[[Workspace], object] | None = None,
+    ) -> None:
+        """Another ``project`` needs its own ``land``, which creates its raw data."""
         self.pg = pg
         self.workspace = Workspace(root, pg)
-        shutil.copytree(TUTORIAL, self.workspace.project, ignore=IGNORED)
+        shutil.copytree(project, self.workspace.project, ignore=IGNORED)
         self.workspace.warehouse.parent.mkdir(parents=True)
         if pg:
             pg.server.recreate(pg.name)
         with self.workspace.env():
-            land_data().init_raw(self.workspace.target)
+            if land is None:
+                land_data().init_raw(self.workspace.target)
+            else:
+                land(self.workspace)
         self.first_report = self.workspace.run("build")
         # Ageing the recorded builds makes build_after windows elapsed: tests that want a
         # window open set it explicitly, so no test depends on how long the suite took.

@@ -6,33 +6,23 @@ No timing here: the benchmark measures, tests only check that what it measures i
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 from graphlib import TopologicalSorter
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+from support.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 _REF = re.compile(r"\{\{ ref\('([^']+)'\) \}\}")
 _SOURCE = re.compile(r"\{\{ source\('([^']+)', '([^']+)'\) \}\}")
 
 
-def _load_generate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_generate", REPO / "bench" / "generate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load_generate()
+generate = load_script(REPO / "bench" / "generate.py", "bench_generate")
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -115,6 +105,18 @@ def test_the_project_has_the_promised_shape(tmp_path: Path, n_models: int) -> No
     assert generate.staging_change(staging.read_text()) != staging.read_text()
     profiles = yaml.safe_load((tmp_path / "profiles.yml").read_text())
     assert profiles[generate.PROFILE_NAME]["outputs"]["duckdb"]["type"] == "duckdb"
+
+
+def test_sources_can_be_many_and_without_loaded_at_field(tmp_path: Path) -> None:
+    # The implicit-freshness rows: a no-op on such a project, a probe of 500 sources.
+    spec = generate.write_project(tmp_path, 140, n_sources=50, loaded_at_field=False)
+    assert len(spec.sources) == 50 and not spec.loaded_at_field
+    sources_yml = (tmp_path / "models/staging/_sources.yml").read_text()
+    assert "loaded_at_field" not in sources_yml and "freshness" not in sources_yml
+    groups = yaml.safe_load(sources_yml)["sources"]
+    assert sum(len(g["tables"]) for g in groups) == 50
+    with pytest.raises(ValueError, match="500 sources need more than 100 models"):
+        generate.plan_project(100, n_sources=500)
 
 
 def test_the_raw_data_is_identical_and_landing_rows_moves_freshness(tmp_path: Path) -> None:

@@ -141,3 +141,33 @@ def test_unrelated_edits_keep_the_fingerprint() -> None:
 
 def test_seed_fingerprint_follows_the_csv_content() -> None:
     assert checksum("seed.p.s", seed_hash="h2") == ("changed", ["code"])
+
+
+def project(reader_code: str, other_code: str, *extra: Node) -> Graph:
+    macros = [Macro("macro.p.rows", "{% macro rows() %}{{ graph.nodes | length }}{% endmacro %}")]
+    nodes = [
+        Node(
+            "model.p.reader", "model", "reader", "p", raw_code=reader_code, macros=("macro.p.rows",)
+        ),
+        Node("model.p.other", "model", "other", "p", raw_code=other_code),
+        Node("model.p.plain", "model", "plain", "p", raw_code="select 1"),
+        *extra,
+    ]
+    return Graph(nodes, macros)
+
+
+def test_a_graph_reader_is_fingerprinted_with_every_nodes_code() -> None:
+    reader = "select 1 {{ rows() }}"  # reads graph through a macro
+    base = Fingerprinter(project(reader, "select 1"), cli_vars={}, env={})
+    assert "graph" in base("model.p.reader").parts
+    assert "graph" not in base("model.p.plain").parts
+    for changed in (
+        project(reader, "select 2"),
+        project(reader, "select  1"),  # raw code: a reader may count characters
+        project(reader, "select 1", Node("model.p.new", "model", "new", "p")),
+    ):
+        new = Fingerprinter(changed, cli_vars={}, env={})
+        assert new("model.p.reader").changed_parts(base("model.p.reader").parts) == [
+            "project graph"
+        ]
+        assert new("model.p.plain") == base("model.p.plain")

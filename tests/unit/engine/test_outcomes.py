@@ -15,12 +15,20 @@ from support.synthetic_graph import (
     T_M1,
     T_SPAN,
     base_graph,
+    clean_state,
     fingerprints,
+    fresh_probe,
     key,
 )
 
 from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
-from airflow_provider_orchestra_dbt.engine.planner import PlanOptions, Probe, SourceFreshness, plan
+from airflow_provider_orchestra_dbt.engine.planner import (
+    PlanOptions,
+    Probe,
+    SourceFreshness,
+    failed_checksum,
+    plan,
+)
 
 LOADED_NEW = NOW - timedelta(minutes=5)
 
@@ -71,3 +79,40 @@ def test_interrupted_run_records_only_what_finished() -> None:
     updates = run({STG: "success"})
     assert list(updates) == [key(STG)]
     assert datetime.fromisoformat(updates[key(STG)]["last_updated"]).tzinfo is not None
+
+
+def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rewrite() -> None:
+    """Built seed and reused m1 both fail span_m1_s1; another tool then drops our fields."""
+    graph = base_graph()
+    state = clean_state(graph)
+    fps = fingerprints({SEED: "code"})
+    options = PlanOptions(now=NOW)
+    probe = fresh_probe()
+    the_plan = plan(graph, [SEED, M1, T_SPAN], state, fps, probe, options)
+    assert [d.unique_id for d in the_plan.decisions if d.builds] == [SEED, T_SPAN]
+    results = {
+        SEED: NodeResult(SEED, "success", 1.0, NOW.isoformat()),
+        T_SPAN: NodeResult(T_SPAN, "fail", 1.0, NOW.isoformat()),
+    }
+    updates = state_updates(graph, the_plan, results, state, probe).updates
+    assert updates[key(SEED)]["checksum"] == "test_failed:" + fps(SEED).checksum
+    assert updates[key(M1)]["checksum"] == "test_failed:" + fps(M1).checksum
+    assert updates[key(M1)]["status"] == updates[key(SEED)]["status"] == "test_failed"
+    assert failed_checksum(updates[key(M1)]["checksum"]) == updates[key(M1)]["checksum"]
+
+    # dbt-orchestra rewrites every entry with only the fields it knows.
+    stripped = {
+        k: {f: e[f] for f in ("checksum", "last_updated", "sources")}
+        for k, e in {**state, **updates}.items()
+    }
+    again = plan(graph, [SEED, M1], stripped, fps, probe, options).by_id
+    for uid in (SEED, M1):
+        assert again[uid].builds
+        assert again[uid].reason == "an error-severity test failed after its last build"
+
+    # Built again and its tests pass: the real fingerprint is back.
+    passed = {SEED: NodeResult(SEED, "success", 1.0, NOW.isoformat())}
+    fixed = state_updates(
+        graph, plan(graph, [SEED], stripped, fps, probe, options), passed, stripped, probe
+    )
+    assert fixed.updates[key(SEED)]["checksum"] == fps(SEED).checksum

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from support.synthetic_graph import (
     SEED,
     SRC_B,
     STG,
+    T0,
     T_M1,
     T_SPAN,
     T_SRC,
@@ -63,6 +64,34 @@ def _set(uid: str, **fields: Any) -> Callable[[dict[str, dict[str, Any]]], None]
 
 def _drop(uid: str) -> Callable[[dict[str, dict[str, Any]]], None]:
     return lambda state: state.pop(key(uid))
+
+
+def _strip(uid: str, **fields: Any) -> Callable[[dict[str, dict[str, Any]]], None]:
+    """What dbt-orchestra's rewrite of a shared file leaves of our entry (then ``fields``)."""
+
+    def mutate(state: dict[str, dict[str, Any]]) -> None:
+        entry = state[key(uid)]
+        state[key(uid)] = {
+            **{k: entry[k] for k in ("checksum", "last_updated", "sources")},
+            **fields,
+        }
+
+    return mutate
+
+
+def _orc_built(uid: str, at: datetime) -> Callable[[dict[str, dict[str, Any]]], None]:
+    """dbt-orchestra (local run) recorded a build of ``uid`` under its own key."""
+
+    def mutate(state: dict[str, dict[str, Any]]) -> None:
+        state[uid] = {"checksum": "orc-sha", "last_updated": iso(at), "sources": {}}
+
+    return mutate
+
+
+STRIPPED = (
+    "its state entry lacks our fields (unique_id, status, upstream, checksum_parts): "
+    "written or rewritten by another tool, not trusted"
+)
 
 
 CASES = [
@@ -122,8 +151,65 @@ CASES = [
         },
         changed={M1: "config"},
     ),
+    # Entries we did not write (or another tool rewrote) are never the basis of a reuse.
     Case(
-        "rule 3: orc entry without parts",
+        "trust: an entry stripped by another tool's rewrite is not trusted",
+        {
+            M1: (B, STRIPPED),
+            M2: (B, "upstream m1 is being built"),
+            STG: (R, "up to date"),
+            T_M1: (B, "m1 is being built"),
+        },
+        mutate_state=_strip(M1),
+    ),
+    Case(
+        "trust: one missing field is named",
+        {M2: (B, "its state entry lacks our fields (upstream): written or rewritten")},
+        mutate_state=lambda s: s[key(M2)].pop("upstream"),
+    ),
+    Case(
+        "trust: an entry recorded for another node",
+        {M1: (B, "its state entry was recorded for model.p.old_m1, not trusted")},
+        mutate_state=_set(M1, unique_id="model.p.old_m1"),
+    ),
+    Case(
+        "trust: a failed test survives a rewrite that dropped status",
+        {M1: (B, "an error-severity test failed after its last build")},
+        mutate_state=_strip(M1, checksum="test_failed:c-model.p.m1"),
+    ),
+    Case(
+        "trust: a stripped failed parent still holds its new data back",
+        {M2: (R, "new data waits: upstream m1 failed an error-severity test")},
+        mutate_state=_strip(M1, checksum="test_failed:c-model.p.m1", last_updated=iso(NOW)),
+        selected=(M2,),
+    ),
+    Case(
+        "trust: a test of an unselected node with a stripped entry runs",
+        {T_M1: (B, f"m1: {STRIPPED}")},
+        mutate_state=_strip(M1),
+        selected=(T_M1,),
+    ),
+    Case(
+        "foreign builds: dbt-orchestra rebuilt the node after our build",
+        {
+            M1: (B, f"another tool rebuilt it at {iso(NOW)} (state entry {M1}), after our last"),
+            M2: (B, "upstream m1 is being built"),
+        },
+        mutate_state=_orc_built(M1, NOW),
+    ),
+    Case(
+        "foreign builds: dbt-orchestra rebuilt an unselected parent after this node",
+        {M2: (B, f"upstream m1 was rebuilt by another tool at {iso(NOW)} (state entry {M1})")},
+        mutate_state=_orc_built(M1, NOW),
+        selected=(M2,),
+    ),
+    Case(
+        "foreign builds: older than ours change nothing",
+        {M1: (R, "up to date"), M2: (R, "up to date")},
+        mutate_state=_orc_built(M1, NOW - timedelta(days=3)),
+    ),
+    Case(
+        "rule 3: an entry with no parts recorded",
         {M1: (B, "code changed (code fingerprint differs from state)")},
         mutate_state=_set(M1, checksum="orc", checksum_parts=None),
     ),
@@ -181,11 +267,6 @@ CASES = [
         {M2: (B, "upstream m1 was updated at")},
         mutate_state=_set(M1, last_updated=iso(NOW - timedelta(hours=1))),
         selected=(M2,),
-    ),
-    Case(
-        "rule 6: dbt-orchestra entry without `upstream` compares build times",
-        {M2: (R, "up to date")},
-        mutate_state=lambda s: s[key(M2)].pop("upstream"),
     ),
     Case(
         "rule 6: upstream failed its tests and is not rebuilt: data waits",
@@ -288,3 +369,89 @@ def test_probe_targets_cover_sources_through_ephemerals_and_schemas() -> None:
     sources, schemas = probe_targets(base_graph(), [M1, T_M1])
     assert sources == [SRC_B]
     assert schemas == [["db", "main"]]
+
+
+def test_with_an_integration_account_orc_keys_are_account_and_relation_name() -> None:
+    """A build orc recorded under its platform-mode key ``<account>.<relation_name>`` counts."""
+    graph = Graph(
+        replace(n, relation_name=f'"db"."main"."{n.alias}"') if n.is_stateful else n
+        for n in base_graph().nodes.values()
+    )
+    options = PlanOptions(now=NOW, key_prefix="acct")
+    state = {
+        f"acct.{k}": {**e, "upstream": {f"acct.{p}": t for p, t in e["upstream"].items()}}
+        for k, e in clean_state(graph).items()
+    }
+    probe = fresh_probe()
+    assert all(
+        d.reason.startswith("up to date")
+        for d in plan(graph, [M2], state, fingerprints(), probe, options).decisions
+    )
+
+    state['acct."db"."main"."m1"'] = {"checksum": "orc", "last_updated": iso(NOW), "sources": {}}
+    (decision,) = plan(graph, [M2], state, fingerprints(), probe, options).decisions
+    assert decision.reason == (
+        f"upstream m1 was rebuilt by another tool at {iso(NOW)} "
+        '(state entry acct."db"."main"."m1") after this node was built'
+    )
+
+
+def _m1_with(**changes: Any) -> Graph:
+    return Graph(
+        replace(n, **changes) if n.unique_id == M1 else n for n in base_graph().nodes.values()
+    )
+
+
+def _volatile_meta(value: Any) -> dict[str, Any]:
+    return {"meta": {"orchestra_dbt": {"volatile": value}}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "built_at", "m1", "m2"),
+    [
+        ({"raw_code": "select current_date as d"}, T0,
+         (B, "volatile: its SQL reads the current date/time (current_date)"),
+         (B, "upstream m1 is being built in this run")),
+        ({"raw_code": "select current_date as d", "config": _volatile_meta(False)}, T0,
+         (R, "up to date: code unchanged and no new upstream data"), (R, "up to date")),
+        ({"config": _volatile_meta(True)}, T0,
+         (B, "volatile: declared by meta orchestra_dbt.volatile: true"), (B, "upstream m1")),
+        ({"config": _volatile_meta("daily")}, T0,
+         (B, "volatile daily: last built 2026-05-31 (UTC), a new day began"), (B, "upstream m1")),
+        ({"config": _volatile_meta("daily")}, NOW - timedelta(hours=1),
+         (R, "up to date: code unchanged and no new upstream data; volatile daily: already "
+             "built this day (2026-06-01 UTC)"), (R, "up to date")),
+        ({"config": _volatile_meta("weekly")}, T0,
+         (B, "volatile: bad meta orchestra_dbt.volatile on model.p.m1: 'weekly' (expected "
+             "true, false, daily or hourly); treated as volatile"), (B, "upstream m1")),
+        # A build_after delays volatility like new data, and builds once its window is over.
+        ({"raw_code": "select now()", "build_after": BuildAfter(1, "day")}, T0,
+         (B, "volatile: its SQL reads the current date/time (now())"), (B, "upstream m1")),
+        ({"raw_code": "select now()", "build_after": BuildAfter(1, "day")},
+         NOW - timedelta(hours=1),
+         (R, "build_after 1 day: last built at 2026-06-01T11:00:00+00:00, next build due after "
+             "2026-06-02T11:00:00+00:00; pending: volatile: its SQL reads the current date/time "
+             "(now())"), (R, "up to date")),
+    ],
+)  # fmt: skip
+def test_volatile_nodes(
+    changes: dict[str, Any],
+    built_at: datetime,
+    m1: tuple[Action, str],
+    m2: tuple[Action, str],
+) -> None:
+    graph = _m1_with(**changes)
+    state = clean_state(graph)
+    state[key(M1)]["last_updated"] = iso(built_at)
+    state[key(M2)]["upstream"][key(M1)] = iso(built_at)
+    by_id = plan(graph, [M1, M2], state, fingerprints(), fresh_probe(), PlanOptions(now=NOW)).by_id
+    assert (by_id[M1].action, by_id[M1].reason) == m1
+    assert by_id[M2].action == m2[0]
+    assert by_id[M2].reason.startswith(m2[1]), by_id[M2].reason
+
+
+def test_a_code_change_is_named_before_volatility() -> None:
+    graph = _m1_with(raw_code="select current_date as d")
+    result = plan(graph, [M1], clean_state(graph), fingerprints({M1: "code"}), fresh_probe(),
+                  PlanOptions(now=NOW))  # fmt: skip
+    assert result.by_id[M1].reason == "code changed (code)"

@@ -121,6 +121,7 @@ def clean_state(graph: Graph, options: PlanOptions) -> dict[str, dict[str, Any]]
             continue
         up = graph.upstream(node.unique_id)
         state[options.key_for(node)] = {
+            "unique_id": node.unique_id,
             "checksum": f"c-{node.unique_id}",
             "checksum_parts": {"code": f"code-{node.unique_id}", "config": "cfg"},
             "last_updated": BUILT_AT.isoformat(),

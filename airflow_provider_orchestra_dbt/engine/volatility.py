@@ -9,9 +9,10 @@ their code (engine/fingerprint.py).
 
 The scan is textual, over every piece of code dbt renders into the node's SQL: the raw code,
 the hooks, ``sql_header`` and each macro they call, transitively (dbt records the macros hooks
-call in ``depends_on.macros`` too). Comments and SQL string literals do not count. Jinja string
-literals do: macros paste them into the SQL (``dbt.dateadd('day', 1, 'current_date')``). The
-scan errs towards finding: a finding costs a rebuild, a miss leaves stale data.
+call in ``depends_on.macros`` too), and the same of each ephemeral model it inlines. Comments
+and SQL string literals do not count. Jinja string literals do: macros paste them into the SQL
+(``dbt.dateadd('day', 1, 'current_date')``). The scan errs towards finding: a finding costs a
+rebuild, a miss leaves stale data.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def _label(match: re.Match[str] | None) -> str | None:
 
 
 class CodeScanner:
-    """``scan`` over each node's code and macro closure, every macro scanned once per run."""
+    """``scan`` over each node's code, macro closure and ephemeral parents, every macro and
+    node scanned once per run."""
 
     def __init__(self, graph: Graph) -> None:
         self._graph = graph
@@ -133,6 +135,10 @@ class CodeScanner:
             for where, text in _code_pieces(node):
                 reads |= scan(text).located(where) if where else scan(text)
             reads |= self._closure(tuple(sorted(node.macros)))
+            for parent_id in node.depends_on:  # ephemeral parents are compiled into its SQL
+                parent = self._graph.nodes.get(parent_id)
+                if parent is not None and parent.is_ephemeral:
+                    reads |= self(parent_id).located(f"ephemeral {parent.name}")
             self._nodes[unique_id] = reads
         return reads
 

@@ -175,3 +175,16 @@ def test_a_bad_option_names_node_and_field_and_counts_as_volatile(meta: Any, err
 
 def test_other_options_in_the_namespace_are_not_ours_to_judge() -> None:
     assert volatile_setting(node(meta={"orchestra_dbt": {"other": 1}})) == (None, None)
+
+
+def test_ephemeral_parents_count_as_the_code_they_are_compiled_into() -> None:
+    nodes = [
+        Node("model.p.eph", "model", "eph", "p", materialized="ephemeral",
+             raw_code="select now() as t"),
+        Node("model.p.view", "model", "view", "p", materialized="view", raw_code="select 1"),
+        Node("model.p.m", "model", "m", "p", depends_on=("model.p.eph", "model.p.view")),
+        Node("model.p.n", "model", "n", "p", depends_on=("model.p.view",)),
+    ]  # fmt: skip
+    reads = CodeScanner(Graph(nodes))
+    assert reads("model.p.m").clock == "now() in ephemeral eph"
+    assert reads("model.p.n") == Reads()  # a materialized parent is an input, not its code

@@ -8,7 +8,7 @@ import pytest
 from support.airflow_env import AirflowEnv
 from support.postgres import PgServer, PostgresUnavailable, postgres_server
 from support.s3_server import MotoS3Server
-from support.tutorial import REPO, Baseline, PgDatabase, Workspace
+from support.tutorial import REPO, Baseline, PgDatabase, ProjectBaselines, Workspace
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -91,6 +91,17 @@ def ws(baseline: Baseline, tmp_path_factory: pytest.TempPathFactory) -> Workspac
     root = tmp_path_factory.getbasetemp() / f"workspace-{baseline.target}"
     shutil.rmtree(root, ignore_errors=True)
     return baseline.copy_to(root)
+
+
+@pytest.fixture(scope="module")
+def project_baselines(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProjectBaselines]:
+    """Baselines of the test module's own project: its ``PROJECT``, raw data from its ``land``."""
+    module = request.module
+    projects = ProjectBaselines(module.PROJECT, module.land, tmp_path_factory, request)
+    yield projects
+    projects.close()
 
 
 @pytest.fixture(scope="session")

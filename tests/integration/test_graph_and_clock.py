@@ -11,16 +11,13 @@ comments); its selectors.yml has a selector matching nothing. Every run goes thr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.postgres import PgServer
 from support.tutorial import (
     REPO,
     TARGETS,
-    Baseline,
-    PgDatabase,
+    ProjectBaselines,
     Workspace,
     built,
     day_ago,
@@ -31,35 +28,18 @@ from support.tutorial import (
 pytestmark = pytest.mark.integration
 
 PROJECT = REPO / "tests" / "projects" / "graph_and_clock"
-PG_NAME = "orchestra_graph_and_clock"
 GRAPH_READER = "model.graph_and_clock.graph_nodes"
 STG = "model.graph_and_clock.stg_items"
 EDIT = ("select id, name, amount", "select id, name, amount, amount * 2 as doubled")
 
 
-def no_raw_data(ws: Workspace) -> None:
+def land(ws: Workspace) -> None:
     """Everything comes from the project's seed."""
 
 
-@pytest.fixture(scope="module")
-def duckdb_project(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
-    return Baseline(tmp_path_factory.mktemp("clock-duckdb"), project=PROJECT, land=no_raw_data)
-
-
-@pytest.fixture(scope="module")
-def postgres_project(
-    tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer
-) -> Iterator[Baseline]:
-    # A database of our own: the tutorial's shared one stays untouched.
-    pg = PgDatabase(pg_server, PG_NAME, f"{PG_NAME}_baseline")
-    yield Baseline(tmp_path_factory.mktemp("clock-postgres"), pg, PROJECT, no_raw_data)
-    pg_server.drop(pg.name, pg.template)
-
-
 @pytest.fixture
-def ws(request: pytest.FixtureRequest, target: str, tmp_path: Path) -> Workspace:
-    baseline: Baseline = request.getfixturevalue(f"{target}_project")
-    return baseline.copy_to(tmp_path / "ws")
+def ws(project_baselines: ProjectBaselines, target: str, tmp_path: Path) -> Workspace:
+    return project_baselines.get(target).copy_to(tmp_path / "ws")
 
 
 def code_lengths(ws: Workspace) -> dict[str, int]:

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.postgres import PgServer
-from support.tutorial import REPO, TARGETS, Baseline, PgDatabase, Workspace, built
+from support.tutorial import REPO, TARGETS, ProjectBaselines, Workspace, built
 from support.tutorial import decisions as reasons
 
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("target", TARGETS)]
 
 PROJECT = REPO / "tests" / "projects" / "implicit_freshness"
-PG_NAME = "orchestra_implicit_freshness"
 RAW = (
     "create schema raw",
     "create table raw.customers (id integer, name varchar(20))",
@@ -43,25 +40,9 @@ def land(ws: Workspace) -> None:
         ws.sql(statement)
 
 
-@pytest.fixture(scope="module")
-def duckdb_fresh(tmp_path_factory: pytest.TempPathFactory) -> Baseline:
-    return Baseline(tmp_path_factory.mktemp("implicit-duckdb"), project=PROJECT, land=land)
-
-
-@pytest.fixture(scope="module")
-def postgres_fresh(
-    tmp_path_factory: pytest.TempPathFactory, pg_server: PgServer
-) -> Iterator[Baseline]:
-    # A database of our own: the tutorial's shared one stays untouched.
-    pg = PgDatabase(pg_server, PG_NAME, f"{PG_NAME}_baseline")
-    yield Baseline(tmp_path_factory.mktemp("implicit-postgres"), pg, PROJECT, land)
-    pg_server.drop(pg.name, pg.template)
-
-
 @pytest.fixture
-def ws(request: pytest.FixtureRequest, target: str, tmp_path: Path) -> Workspace:
-    baseline: Baseline = request.getfixturevalue(f"{target}_fresh")
-    return baseline.copy_to(tmp_path / "ws")
+def ws(project_baselines: ProjectBaselines, target: str, tmp_path: Path) -> Workspace:
+    return project_baselines.get(target).copy_to(tmp_path / "ws")
 
 
 def write(ws: Workspace, *statements: str) -> None:

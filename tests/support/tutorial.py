@@ -325,3 +325,42 @@ class Baseline:
         if self.pg:
             self.pg.server.recreate(self.pg.name, template=self.pg.template)
         return Workspace(root, self.pg)
+
+
+class ProjectBaselines:
+    """Baselines of one test project of ours (``tests/projects/<name>``), one per target,
+    each built the first time a test asks for it.
+
+    On PostgreSQL the project gets a database of its own, ``orchestra_<name>``, so the
+    tutorial's shared one stays untouched; :meth:`close` drops it.
+    """
+
+    def __init__(
+        self,
+        project: Path,
+        land: Callable[[Workspace], object],
+        tmp_path_factory: Any,
+        request: Any,
+    ) -> None:
+        self.project = project
+        self.land = land
+        self._tmp = tmp_path_factory
+        self._request = request  # pg_server is asked for only when a postgres test runs
+        self._built: dict[str, Baseline] = {}
+
+    def get(self, target: str) -> Baseline:
+        if target not in self._built:
+            root = self._tmp.mktemp(f"{self.project.name}-{target}")
+            pg = None
+            if target == "postgres":
+                name = f"orchestra_{self.project.name}"
+                pg = PgDatabase(
+                    self._request.getfixturevalue("pg_server"), name, f"{name}_baseline"
+                )
+            self._built[target] = Baseline(root, pg, self.project, self.land)
+        return self._built[target]
+
+    def close(self) -> None:
+        for baseline in self._built.values():
+            if baseline.pg:
+                baseline.pg.server.drop(baseline.pg.name, baseline.pg.template)

@@ -105,11 +105,7 @@ def state_updates(
                 entry["run"] = dict(run_info)
             updates[key] = entry
         elif previous is not None and uid in failed_tests_on:
-            updates[key] = {
-                **previous,
-                "status": "test_failed",
-                "checksum": failed_checksum(previous["checksum"]),
-            }
+            updates[key] = _marked_test_failed(previous)
         elif (
             previous is not None
             and previous.get("status") == "untested"
@@ -117,7 +113,17 @@ def state_updates(
             and options.command == "build"
         ):
             updates[key] = {**previous, "status": "success"}
+    # `test` plans no node of its own, and a test may check a node outside the plan: a failure
+    # marks it all the same, or a later run would reuse a node whose tests fail.
+    for uid in failed_tests_on - decisions.keys():
+        key = options.key_for(graph[uid])
+        if (previous := state.get(key)) is not None:
+            updates[key] = _marked_test_failed(previous)
     return Outcome(updates, tuple(sorted(failed_tests_on)))
+
+
+def _marked_test_failed(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {**entry, "status": "test_failed", "checksum": failed_checksum(entry["checksum"])}
 
 
 def _status_after_build(uid: str, command: str, failed_tests_on: set[str]) -> str:

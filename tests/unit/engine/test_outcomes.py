@@ -116,3 +116,20 @@ def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rew
         graph, plan(graph, [SEED], stripped, fps, probe, options), passed, stripped, probe
     )
     assert fixed.updates[key(SEED)]["checksum"] == fps(SEED).checksum
+
+
+def test_a_test_command_failure_marks_the_tested_node_too() -> None:
+    """`test` plans no node of its own: its failures still reach the tested node's entry."""
+    graph = base_graph()
+    state = clean_state(graph)
+    options = PlanOptions(now=NOW, command="test")
+    probe = fresh_probe()
+    the_plan = plan(graph, [T_M1], state, fingerprints(), probe, options)
+    assert [d.unique_id for d in the_plan.decisions] == [T_M1]
+    results = {T_M1: NodeResult(T_M1, "fail", 1.0, NOW.isoformat())}
+    updates = state_updates(graph, the_plan, results, state, probe).updates
+    assert set(updates) == {key(M1)}
+    assert updates[key(M1)]["status"] == "test_failed"
+    assert updates[key(M1)]["last_updated"] == state[key(M1)]["last_updated"]
+    after = plan(graph, [M1], {**state, **updates}, fingerprints(), probe, PlanOptions(now=NOW))
+    assert after.by_id[M1].builds

@@ -40,6 +40,7 @@ PROTOCOL_VERSION = 1
 # dbt's warning for a --select/--exclude criterion that matches no enabled node.
 UNMATCHED_SELECTION_EVENT = "NoNodesForSelectionCriteria"
 PARTIAL_PARSE_FILE = "partial_parse.msgpack"
+PARTIAL_PARSE_PREFIX = "partial_parse-"
 # dbt keeps these resource types as warehouse objects; everything else is not state-tracked.
 SELECTABLE_TYPES = {"model", "seed", "snapshot", "test", "unit_test", "source"}
 # A threshold so wide it never warns: it only makes `dbt source freshness` measure sources
@@ -148,8 +149,9 @@ class DbtSession:
         cache_file = self._partial_parse_cache()
         os.makedirs(self.target_path, exist_ok=True)
         run_copy = os.path.join(self.target_path, PARTIAL_PARSE_FILE)
-        if cache_file and os.path.exists(cache_file):
-            shutil.copyfile(cache_file, run_copy)
+        if cache_file:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent run replaced it
+                shutil.copyfile(cache_file, run_copy)
         from dbt.cli.main import dbtRunner
 
         result = dbtRunner().invoke(["parse", "--quiet", *self._common_args()])
@@ -163,16 +165,28 @@ class DbtSession:
         self.manifest = result.result
         if cache_file and os.path.exists(run_copy):
             # Replace atomically: concurrent runs of the same project share this cache.
-            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            cache_dir = os.path.dirname(cache_file)
+            os.makedirs(cache_dir, exist_ok=True)
             tmp = f"{cache_file}.{os.getpid()}.tmp"
             shutil.copyfile(run_copy, tmp)
             os.replace(tmp, cache_file)
+            for name in os.listdir(cache_dir):
+                if name.startswith(PARTIAL_PARSE_PREFIX) and name != os.path.basename(cache_file):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(cache_dir, name))
 
     def _partial_parse_cache(self) -> str | None:
+        """Our copy of dbt's partial-parse file, named after the YAML files' times and sizes.
+
+        dbt re-reads a YAML file only when its modification time differs from the one it
+        saved, and after an edit it can keep the old time: a file put back with its old time
+        (``cp -p``, ``rsync -t``, an unpacked archive) was then parsed as the edited version.
+        A cache saved under other YAML times is not used, so dbt parses in full instead.
+        """
         cache_dir = self.request.get("cache_dir")
         if not cache_dir:
             return None
-        return os.path.join(cache_dir, PARTIAL_PARSE_FILE)
+        return os.path.join(cache_dir, f"{PARTIAL_PARSE_PREFIX}{_yaml_times(self.request)}.msgpack")
 
     # -- selection and graph -----------------------------------------------------------------
 
@@ -908,6 +922,30 @@ def _write_selection(directory: str, node_ids: list[str]) -> None:
     }
     with open(os.path.join(directory, "run_results.json"), "w", encoding="utf-8") as fh:
         json.dump(document, fh)
+
+
+def _yaml_times(request: dict[str, Any]) -> str:
+    """A digest of the path, modification time and size of every YAML file dbt may read."""
+    project_dir = request["project_dir"]
+    skipped = {os.path.realpath(request["target_path"]), os.path.realpath(request["run_dir"])}
+    found: list[str] = []
+    for root, dirs, files in os.walk(project_dir):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".")
+            and d not in ("target", "logs", "node_modules", "__pycache__")
+            and os.path.realpath(os.path.join(root, d)) not in skipped
+        )
+        for name in sorted(files):
+            if name.endswith((".yml", ".yaml")):
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    info = os.stat(path)
+                    found.append(
+                        f"{os.path.relpath(path, project_dir)}|{info.st_mtime_ns}|{info.st_size}"
+                    )
+    return hashlib.sha256("\n".join(found).encode()).hexdigest()[:16]
 
 
 # -- small helpers -----------------------------------------------------------------------------

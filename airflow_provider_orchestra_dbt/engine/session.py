@@ -45,6 +45,12 @@ from airflow_provider_orchestra_dbt.engine.run_lock import (
 )
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
 from airflow_provider_orchestra_dbt.worker.client import WorkerError, WorkerProcess
+from airflow_provider_orchestra_dbt.worker.compat import (
+    IncompatibleWorker,
+    WorkerHello,
+    check_worker,
+)
+from airflow_provider_orchestra_dbt.worker.dbt_worker import PROTOCOL_VERSION
 
 CACHE_DIR_ENV = "ORCHESTRA_DBT_CACHE_DIR"
 # Exit codes of a worker that was stopped (SIGINT) rather than one that crashed; None: no code
@@ -136,11 +142,6 @@ class DbtSession:
         if config.selector and not graph_message["selected"]:
             # dbt warns per --select/--exclude criterion only, never for a YAML selector.
             self._unmatched_criterion(f"selector:{config.selector}")
-        self.log.info(
-            "dbt %s, worker python %s",
-            graph_message.get("dbt_version"),
-            graph_message.get("python"),
-        )
         # The state is read under the lock, so a run that waited plans on the previous run's
         # results and reuses what it built.
         self._lock_run()
@@ -312,11 +313,13 @@ class DbtSession:
         self._worker = worker
         try:
             worker.start()
+            self._greet(worker)
         except WorkerError as exc:
             raise DbtRunError(exc.message) from None
         worker.send(
             {
                 "type": "start",
+                "protocol": PROTOCOL_VERSION,
                 "state_aware": state_aware,
                 "command": config.command,
                 "project_dir": str(config.project_dir.resolve()),
@@ -336,6 +339,21 @@ class DbtSession:
             }
         )
         return worker
+
+    def _greet(self, worker: WorkerProcess) -> None:
+        """Turn away a worker whose dbt or protocol we cannot drive, before any dbt runs."""
+        hello = WorkerHello.from_message(worker.receive("hello"))
+        try:
+            warning = check_worker(hello)
+        except IncompatibleWorker as exc:
+            worker.stop()
+            worker.close()
+            raise DbtRunError(str(exc)) from None
+        if warning:
+            self.log.warning(warning)
+        self.log.info(
+            "%s %s, worker python %s", hello.dbt_distribution, hello.dbt_version, hello.python
+        )
 
     def _worker_env(self) -> dict[str, str]:
         env = dict(os.environ)

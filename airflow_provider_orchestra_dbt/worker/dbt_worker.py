@@ -8,7 +8,8 @@ corrupt the protocol stream.
 
 Conversation (the parent drives; see ``worker/client.py``)::
 
-    parent -> {"type": "start", ...RunRequest}
+    worker -> {"type": "hello", "protocol": 1, "dbt_version": ...}   # before dbt is imported
+    parent -> {"type": "start", "protocol": 1, ...RunRequest}
     worker -> {"type": "selection_unmatched", "criterion": ...}*   # dbt's warning, per criterion
     worker -> {"type": "graph", ...}            # after one parse and the selection
     parent -> {"type": "probe", "sources": [...], "schemas": [[db, schema], ...]}
@@ -36,7 +37,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+# Bumped on any change to the messages below; the parent checks it (worker/compat.py).
 PROTOCOL_VERSION = 1
+WORKER_KIND = "dbt-core-python"
+# Where each dbt line is published; dbt 2 ships as dbt-core 2.x as well as under new names.
+DBT_DISTRIBUTIONS = ("dbt-core", "dbt-fusion", "dbt", "dbt-oss")
 # dbt's warning for a --select/--exclude criterion that matches no enabled node.
 UNMATCHED_SELECTION_EVENT = "NoNodesForSelectionCriteria"
 PARTIAL_PARSE_FILE = "partial_parse.msgpack"
@@ -235,9 +240,6 @@ class DbtSession:
         config = _adapter_config()
         return {
             "type": "graph",
-            "protocol": PROTOCOL_VERSION,
-            "dbt_version": _dbt_version(),
-            "python": sys.executable,
             "adapter_type": getattr(getattr(config, "credentials", None), "type", None),
             "project_name": getattr(config, "project_name", None),
             "project_vars": _jsonable(getattr(getattr(config, "vars", None), "vars", {}) or {}),
@@ -1006,10 +1008,42 @@ class _silenced_stdout:
         os.close(self._saved)
 
 
+def _installed_dbt() -> tuple[str | None, str | None]:
+    """The dbt distribution and version this interpreter has, read without importing dbt."""
+    from importlib import metadata
+
+    for name in DBT_DISTRIBUTIONS:
+        try:
+            return name, metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+def hello_message() -> dict[str, Any]:
+    distribution, version = _installed_dbt()
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "worker": WORKER_KIND,
+        "python": sys.executable,
+        "dbt_distribution": distribution,
+        "dbt_version": version,
+    }
+
+
 def _serve(channel: Channel) -> int:
+    channel.send(hello_message())
     request = channel.receive()
     if request.get("type") != "start":
         raise WorkerError("protocol", f"expected a start request, got {request.get('type')!r}")
+    if request.get("protocol") != PROTOCOL_VERSION:
+        raise WorkerError(
+            "protocol",
+            f"the parent speaks protocol {request.get('protocol')!r}, this worker "
+            f"{PROTOCOL_VERSION}: install the same airflow-provider-orchestra-dbt version in "
+            "both interpreters",
+        )
     os.chdir(request["project_dir"])
     session = DbtSession(request, channel)
     try:

@@ -85,6 +85,22 @@ def venv_without_dbt(root: Path) -> Path:
     return root / "bin" / "python"
 
 
+def venv_with_dbt_metadata(root: Path, version: str) -> Path:
+    """An interpreter whose dbt-core is ``version`` as far as installed metadata says.
+
+    dbt 2 cannot be installed here (its wheel is downloaded at build time); the worker reads
+    only the installed distribution's metadata before turning it away, so that is all it gets.
+    """
+    python = venv_without_dbt(root)
+    site = next((root / "lib").glob("python3*/site-packages"))
+    dist_info = site / f"dbt_core-{version}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: dbt-core\nVersion: {version}\n"
+    )
+    return python
+
+
 def dbt_crash(ws: Workspace, caplog: pytest.LogCaptureFixture) -> str:
     ws.append("orders")  # something to build, so dbt really runs with the bad flag
     return cli_error(ws, caplog, "build", "--", "--no-such-dbt-flag")
@@ -120,6 +136,12 @@ CASES: dict[str, Case] = {
     "dbt-args-string": lambda ws, c, m, t: config_error(ws, dbt_args="--fail-fast"),
     "dbt-not-importable": lambda ws, c, m, t: cli_error(
         ws, c, "build", "--dbt-python", str(venv_without_dbt(t / "venv"))
+    ),
+    "dbt-2": lambda ws, c, m, t: cli_error(
+        ws, c, "build", "--dbt-python", str(venv_with_dbt_metadata(t / "venv", "2.0.0rc9"))
+    ),
+    "dbt-too-old": lambda ws, c, m, t: cli_error(
+        ws, c, "build", "--dbt-python", str(venv_with_dbt_metadata(t / "venv", "1.9.10"))
     ),
     "dbt-python-missing": lambda ws, c, m, t: cli_error(
         ws, c, "build", "--dbt-python", str(t / "no" / "python")

@@ -68,6 +68,7 @@ from measure import Measurement, run_measured  # noqa: E402
 
 ORC_VENV = BENCH / ".venv-orc"
 ORC_REQUIREMENTS = BENCH / "requirements-orc.txt"
+UV_OVERRIDES = BENCH / "uv-overrides.txt"
 RESULTS = BENCH / "results"
 SCENARIOS = ("cold", "noop", "source", "staging", "full_refresh")
 SCENARIO_TITLES = {
@@ -120,9 +121,13 @@ def make_venv(venv: Path, requirements: list[str]) -> None:
     uv = shutil.which("uv")
     if uv is None:
         raise SystemExit(f"uv is needed to create {venv} (pip install uv)")
-    subprocess.run([uv, "venv", "--quiet", "--python", _base_python(), str(venv)], check=True)
+    subprocess.run([uv, "venv", "--quiet", "--clear", "--python", _base_python(), str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    subprocess.run([uv, "pip", "install", "--quiet", "--python", python, *requirements], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", python, "--override", str(UV_OVERRIDES)]
+        + requirements,
+        check=True,
+    )
 
 
 def _base_python() -> str:

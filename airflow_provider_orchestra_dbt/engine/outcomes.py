@@ -17,9 +17,18 @@ from airflow_provider_orchestra_dbt.engine.graph import Graph
 from airflow_provider_orchestra_dbt.engine.planner import Plan, Probe, failed_checksum
 from airflow_provider_orchestra_dbt.state.model import StateEntries, format_timestamp
 
+# Every node status dbt 1.10-1.12 reports (dbt's NodeStatus), by what it says of the relation.
+# Only a success rebuilt it from the inputs we measured; anything else keeps the old entry.
 BUILT_STATUSES = frozenset({"success"})
-TEST_FAILED_STATUSES = frozenset({"fail", "error"})
+# dbt ran the node and deliberately left the relation as it was: `no-op` (exposures, saved
+# queries), `reused` (1.12: dbt found it up to date). Neither a build nor a failure.
+KEPT_STATUSES = frozenset({"reused", "no-op"})
+TEST_PASSED_STATUSES = frozenset({"pass", "warn"})
+SKIPPED_STATUSES = frozenset({"skipped"})
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error", "partial success"})
+KNOWN_STATUSES = (
+    BUILT_STATUSES | KEPT_STATUSES | TEST_PASSED_STATUSES | SKIPPED_STATUSES | FAILED_STATUSES
+)
 
 
 @dataclass(frozen=True)
@@ -156,11 +165,17 @@ def _consumed_tokens(source_ids: Iterable[str], probe: Probe) -> dict[str, str]:
     return consumed
 
 
+def test_failed(status: str) -> bool:
+    """A test failed unless dbt said it passed, skipped it or kept it: an unknown status from a
+    newer dbt counts as a failure, so the tested node is never reused on it."""
+    return status not in TEST_PASSED_STATUSES | SKIPPED_STATUSES | KEPT_STATUSES
+
+
 def _nodes_with_failed_tests(graph: Graph, results: Mapping[str, NodeResult]) -> set[str]:
     failed: set[str] = set()
     for uid, result in results.items():
         node = graph.nodes.get(uid)
-        if node is None or not node.is_test or result.status not in TEST_FAILED_STATUSES:
+        if node is None or not node.is_test or not test_failed(result.status):
             continue
         if node.severity == "warn" and result.status == "fail":
             continue
@@ -172,6 +187,6 @@ def _nodes_with_tests_run(graph: Graph, results: Mapping[str, NodeResult]) -> se
     tested: set[str] = set()
     for uid, result in results.items():
         node = graph.nodes.get(uid)
-        if node is not None and node.is_test and result.status in {"pass", "warn"}:
+        if node is not None and node.is_test and result.status in TEST_PASSED_STATUSES:
             tested.update(graph.tested_nodes(uid))
     return tested

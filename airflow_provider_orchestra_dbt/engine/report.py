@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_orchestra_dbt.engine.graph import Graph
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult
+from airflow_provider_orchestra_dbt.engine.outcomes import (
+    BUILT_STATUSES,
+    KEPT_STATUSES,
+    SKIPPED_STATUSES,
+    NodeResult,
+)
 from airflow_provider_orchestra_dbt.engine.planner import Plan
 
 # Final outcome per node, as counted in summaries.
@@ -38,11 +43,13 @@ def node_outcome(is_test: bool, builds: bool, result: NodeResult | None) -> str:
     if result is None:
         return NOT_RUN
     status = result.status
-    if status == "skipped":
+    if status in SKIPPED_STATUSES:
         return SKIPPED
+    if status in KEPT_STATUSES:
+        return REUSED  # by dbt itself: the relation was left as it was
     if is_test:
         return {"pass": PASSED, "warn": WARNED}.get(status, FAILED)
-    return BUILT if status == "success" else FAILED
+    return BUILT if status in BUILT_STATUSES else FAILED
 
 
 @dataclass(frozen=True)

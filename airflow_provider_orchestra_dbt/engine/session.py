@@ -24,7 +24,11 @@ from typing import Any, Protocol
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprinter
 from airflow_provider_orchestra_dbt.engine.graph import Graph
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
+from airflow_provider_orchestra_dbt.engine.outcomes import (
+    KNOWN_STATUSES,
+    NodeResult,
+    state_updates,
+)
 from airflow_provider_orchestra_dbt.engine.planner import (
     Plan,
     PlanOptions,
@@ -289,8 +293,16 @@ class DbtSession:
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         if event.get("type") == "node_finished":
-            self._results[event["unique_id"]] = NodeResult.from_message(event)
+            result = NodeResult.from_message(event)
+            self._results[result.unique_id] = result
             self.log.info(finished_node_line(event))
+            if result.status not in KNOWN_STATUSES:
+                self.log.warning(
+                    "dbt reported status %r for %s, which this provider does not know: it "
+                    "counts as failed (not recorded, so the node is built again next run)",
+                    result.status,
+                    result.unique_id,
+                )
         elif event.get("type") == "selection_unmatched":
             self._unmatched_criterion(str(event.get("criterion")))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.tutorial import STATEFUL, Baseline, Workspace, built, decisions, executed_tests
+from support.tutorial import REPO, STATEFUL, Baseline, Workspace, built, decisions, executed_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,6 +28,7 @@ ORDERS_DOWNSTREAM = {
 }  # fmt: skip
 PINNED = ("dbt-core", "dbt-duckdb", "duckdb")
 INSTALL_TIMEOUT_SECONDS = 300
+UV_OVERRIDES = REPO / "bench" / "uv-overrides.txt"
 
 
 def _uv(*args: str, cwd: Path) -> None:
@@ -77,7 +78,8 @@ def dbt_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = root / "venv"
     _uv("venv", "--python", _base_python(), str(venv), cwd=root)
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in PINNED]
-    _uv("pip", "install", "--python", str(venv / "bin" / "python"), *pins, cwd=root)
+    python = str(venv / "bin" / "python")
+    _uv("pip", "install", "--python", python, "--override", str(UV_OVERRIDES), *pins, cwd=root)
     return venv / "bin" / "python"
 
 

@@ -133,3 +133,35 @@ def test_a_test_command_failure_marks_the_tested_node_too() -> None:
     assert updates[key(M1)]["last_updated"] == state[key(M1)]["last_updated"]
     after = plan(graph, [M1], {**state, **updates}, fingerprints(), probe, PlanOptions(now=NOW))
     assert after.by_id[M1].builds
+
+
+def test_every_status_dbt_reports_has_a_meaning() -> None:
+    from dbt.artifacts.schemas.results import NodeStatus
+
+    from airflow_provider_orchestra_dbt.engine.outcomes import KNOWN_STATUSES
+
+    assert {str(s.value) for s in NodeStatus} <= KNOWN_STATUSES
+
+
+def test_nodes_dbt_kept_as_they_were_are_neither_built_nor_failed() -> None:
+    # dbt 1.12's `reused` and the `no-op` of exposures: the relation is as it was, so there
+    # is nothing new to record; the next run asks dbt again.
+    updates = run({STG: "reused", M1: "no-op", M2: "success", SEED: "success", T_M1: "reused"})
+    assert set(updates) == {key(M2), key(SEED)}
+
+
+def test_a_test_status_this_provider_does_not_know_counts_as_failed() -> None:
+    updates = run({STG: "success", M1: "success", T_M1: "exploded"})
+    assert updates[key(M1)]["status"] == "test_failed"
+    assert run({STG: "success", M1: "success", T_M1: "skipped"})[key(M1)]["status"] == "success"
+
+
+def test_the_report_counts_what_dbt_kept_as_reused_and_unknown_statuses_as_failed() -> None:
+    from airflow_provider_orchestra_dbt.engine.report import FAILED, REUSED, node_outcome
+
+    def outcome(status: str, is_test: bool = False) -> str:
+        return node_outcome(is_test, True, NodeResult(M1, status))
+
+    assert outcome("reused") == outcome("no-op") == outcome("reused", is_test=True) == REUSED
+    assert outcome("exploded") == outcome("exploded", is_test=True) == FAILED
+    assert outcome("partial success") == FAILED

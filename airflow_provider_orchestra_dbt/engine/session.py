@@ -87,6 +87,8 @@ class DbtSession:
         self._worker: WorkerProcess | None = None
         self._results: dict[str, NodeResult] = {}
         self._unmatched: list[str] = []
+        # Names dbt set from a .env file, with digests of their values.
+        self._dotenv: dict[str, str] = {}
         self._stopped = threading.Event()
         self._run_lock: RunLock | None = None
 
@@ -171,7 +173,9 @@ class DbtSession:
             full_refresh=config.full_refresh,
             key_prefix=config.key_prefix,
         )
-        fingerprint = Fingerprinter(graph, cli_vars=config.vars, env=self._worker_env())
+        # Variables dbt took from a .env arrive as digests: as good as values for a fingerprint.
+        env = {**self._worker_env(), **self._dotenv}
+        fingerprint = Fingerprinter(graph, cli_vars=config.vars, env=env)
         the_plan = plan(graph, selected, state, fingerprint, probe, options)
         self.log.info(
             "Plan (%d nodes):\n%s",
@@ -305,6 +309,15 @@ class DbtSession:
                 )
         elif event.get("type") == "selection_unmatched":
             self._unmatched_criterion(str(event.get("criterion")))
+        elif event.get("type") == "dotenv_loaded":
+            self._dotenv = dict(event.get("variables") or {})
+            self.log.info(
+                "dbt loaded %s from %s (dbt 1.12+ reads the nearest .env at or above the "
+                "project directory; variables already set win). They count in fingerprints "
+                "like any env var. To stop it, set PYTHON_DOTENV_DISABLED=1 for the task.",
+                ", ".join(sorted(self._dotenv)),
+                event.get("path") or "a .env file",
+            )
 
     def _unmatched_criterion(self, criterion: str) -> None:
         if criterion not in self._unmatched:
@@ -371,6 +384,8 @@ class DbtSession:
         env = dict(os.environ)
         # dbt would otherwise write a .user.yml (an anonymous id) next to the profiles.
         env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+        # dbt 1.12's hints would write ~/.dbt/hint_ts.json on workers, for a console no one reads.
+        env.setdefault("DBT_ENGINE_HINTS_ENABLED", "false")
         env.update(self.config.env)
         env["PYTHONUNBUFFERED"] = "1"
         return env

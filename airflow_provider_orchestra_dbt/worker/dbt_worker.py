@@ -1009,15 +1009,23 @@ class _silenced_stdout:
 
 
 def _installed_dbt() -> tuple[str | None, str | None]:
-    """The dbt distribution and version this interpreter has, read without importing dbt."""
+    """The dbt distribution and version this interpreter runs, read without importing dbt.
+
+    dbt 2 wins when present: installed next to dbt-core 1.x, its files replace the `dbt`
+    package, so the 1.x metadata would describe code that is no longer there.
+    """
     from importlib import metadata
 
+    found: list[tuple[str, str]] = []
     for name in DBT_DISTRIBUTIONS:
         try:
-            return name, metadata.version(name)
+            found.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
             continue
-    return None, None
+    for name, version in found:
+        if version.split(".", 1)[0].isdigit() and int(version.split(".", 1)[0]) >= 2:
+            return name, version
+    return found[0] if found else (None, None)
 
 
 def hello_message() -> dict[str, Any]:
@@ -1030,6 +1038,38 @@ def hello_message() -> dict[str, Any]:
         "dbt_distribution": distribution,
         "dbt_version": version,
     }
+
+
+def _import_dbt(channel: Channel) -> None:
+    """Import dbt once, and tell the parent which variables dbt took from a `.env` file.
+
+    dbt 1.12 loads the nearest `.env` at or above the working directory (the project) when
+    it is imported, without overriding what is set. The parent says so in the task log and
+    folds those variables into the fingerprint (as digests: values never leave this process).
+    """
+    before = set(os.environ)
+    try:
+        import dbt.cli.main  # noqa: F401  - fail early with a clear message
+    except ImportError as exc:
+        raise WorkerError("import", f"dbt is not importable by {sys.executable}: {exc}") from exc
+    added = sorted(set(os.environ) - before)
+    if not added:
+        return
+    try:
+        from dotenv import find_dotenv
+
+        path = find_dotenv(usecwd=True) or None
+    except ImportError:
+        path = None
+    channel.send(
+        {
+            "type": "dotenv_loaded",
+            "path": path,
+            "variables": {
+                name: hashlib.sha256(os.environ[name].encode()).hexdigest() for name in added
+            },
+        }
+    )
 
 
 def _serve(channel: Channel) -> int:
@@ -1046,10 +1086,7 @@ def _serve(channel: Channel) -> int:
         )
     os.chdir(request["project_dir"])
     session = DbtSession(request, channel)
-    try:
-        import dbt.cli.main  # noqa: F401  - fail early with a clear message
-    except ImportError as exc:
-        raise WorkerError("import", f"dbt is not importable by {sys.executable}: {exc}") from exc
+    _import_dbt(channel)
     if not request.get("state_aware", True):
         result = session.passthrough()
         channel.send(result)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,17 @@ def test_the_worker_says_hello_first_and_refuses_a_parent_of_another_protocol() 
     assert messages[1]["stage"] == "protocol"
     assert "parent speaks protocol 99" in messages[1]["message"]
     assert done.returncode == 2
+
+
+def test_dbt_2_installed_over_dbt_core_1_is_what_the_worker_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Installed together, dbt 2's files replace the `dbt` package: the 1.x metadata lies.
+    dist_info = tmp_path / "dbt-2.0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: dbt\nVersion: 2.0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hello = WorkerHello.from_message(hello_message())
+    assert (hello.dbt_distribution, hello.dbt_version) == ("dbt", "2.0.1")
+    with pytest.raises(IncompatibleWorker, match=r"dbt 2\.0\.1 found"):
+        check_worker(hello)

@@ -36,4 +36,34 @@ fi
 uv run --frozen ruff check .
 uv run --frozen ruff format --check .
 uv run --frozen mypy airflow_provider_orchestra_dbt
-uv run --frozen pytest "$@"
+
+# With no arguments: the whole suite on the newest dbt we support (the lock's default), and
+# alongside it the worker, reuse-case and crash tests on the oldest (dbt-core 1.10), in a
+# second environment from the same lock, on the newest Python the machine has (3.13 if
+# present). The two runs share nothing: each has its own temp dir, warehouses and PostgreSQL.
+if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
+  exec uv run --frozen pytest "$@"
+fi
+oldest_env=.venv-dbt-oldest
+oldest_python=$(uv python find 3.13 2>/dev/null \
+  || ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1 \
+  || true)
+[ -n "$oldest_python" ] || oldest_python=$(uv python find)
+UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --python "$oldest_python" \
+  --no-group dbt-newest --group dbt-oldest
+oldest_tmp=$(mktemp -d)
+trap 'rm -rf "$oldest_tmp"' EXIT
+"$oldest_env/bin/python" -m pytest -p no:cacheprovider --basetemp "$oldest_tmp/pytest" \
+  tests/unit tests/integration/test_reuse.py tests/integration/test_crash_safety.py \
+  tests/integration/test_commands.py tests/integration/test_parse_cache.py \
+  tests/integration/test_bad_input.py >"$oldest_tmp/log" 2>&1 &
+oldest_pid=$!
+newest=0
+uv run --frozen pytest || newest=$?
+oldest=0
+wait "$oldest_pid" || oldest=$?
+echo
+echo "=== oldest dbt ($("$oldest_env/bin/python" -c 'import dbt.version, sys; print(f"dbt-core {dbt.version.__version__}, Python {sys.version.split()[0]}")')): worker, reuse-case and crash tests ==="
+cat "$oldest_tmp/log"
+echo "newest dbt suite exit code: $newest; oldest dbt tests exit code: $oldest"
+[ "$newest" = 0 ] && [ "$oldest" = 0 ]

@@ -121,11 +121,15 @@ def make_venv(venv: Path, requirements: list[str]) -> None:
     uv = shutil.which("uv")
     if uv is None:
         raise SystemExit(f"uv is needed to create {venv} (pip install uv)")
-    subprocess.run([uv, "venv", "--quiet", "--clear", "--python", _base_python(), str(venv)], check=True)
+    subprocess.run(
+        [uv, "venv", "--quiet", "--clear", "--python", _base_python(), str(venv)], check=True
+    )
     python = str(venv / "bin" / "python")
     subprocess.run(
-        [uv, "pip", "install", "--quiet", "--python", python, "--override", str(UV_OVERRIDES)]
-        + requirements,
+        [
+            *(uv, "pip", "install", "--quiet", "--python", python),
+            *("--override", str(UV_OVERRIDES), *requirements),
+        ],
         check=True,
     )
 

@@ -47,7 +47,7 @@ def test_a_dotenv_file_dbt_loads_is_said_and_its_values_count(
 ) -> None:
     monkeypatch.delenv("ORCHESTRA_TEST_LABEL", raising=False)
     (ws.project / ENV_MODEL).write_text(
-        "select '{{ env_var(\"ORCHESTRA_TEST_LABEL\", \"unset\") }}' as label\n"
+        'select \'{{ env_var("ORCHESTRA_TEST_LABEL", "unset") }}\' as label\n'
     )
     dotenv = ws.project / ".env"
     dotenv.write_text("ORCHESTRA_TEST_LABEL=first-secret-value\n")

@@ -37,10 +37,13 @@ uv run --frozen ruff check .
 uv run --frozen ruff format --check .
 uv run --frozen mypy airflow_provider_orchestra_dbt
 
-# With no arguments: the whole suite on the newest dbt we support (the lock's default), and
-# alongside it the worker, reuse-case and crash tests on the oldest (dbt-core 1.10), in a
-# second environment from the same lock, on the newest Python the machine has (3.13 if
-# present). The two runs share nothing: each has its own temp dir, warehouses and PostgreSQL.
+# With no arguments, three pytest sessions share the machine's two cores (they share nothing
+# else: each has its own temp dir, warehouses and PostgreSQL cluster):
+#   * Airflow end to end (marker `slow`) and the unit tests, on the newest dbt (the lock's
+#     default environment);
+#   * the other integration tests, on the newest dbt;
+#   * the worker, reuse-case and crash tests on the oldest dbt we support (dbt-core 1.10), in
+#     a second environment from the same lock, on the newest Python the machine has.
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
   exec uv run --frozen pytest "$@"
 fi
@@ -51,19 +54,25 @@ oldest_python=$(uv python find 3.13 2>/dev/null \
 [ -n "$oldest_python" ] || oldest_python=$(uv python find)
 UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --python "$oldest_python" \
   --no-group dbt-newest --group dbt-oldest
-oldest_tmp=$(mktemp -d)
-trap 'rm -rf "$oldest_tmp"' EXIT
-"$oldest_env/bin/python" -m pytest -p no:cacheprovider --basetemp "$oldest_tmp/pytest" \
-  tests/unit tests/integration/test_reuse.py tests/integration/test_crash_safety.py \
-  tests/integration/test_commands.py tests/integration/test_parse_cache.py \
-  tests/integration/test_bad_input.py >"$oldest_tmp/log" 2>&1 &
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/airflow" \
+  -m "slow or not integration" >"$logs/airflow.log" 2>&1 &
+airflow_pid=$!
+"$oldest_env/bin/python" -m pytest -p no:cacheprovider --basetemp "$logs/oldest" \
+  tests/unit/worker tests/unit/engine tests/integration/test_reuse.py \
+  tests/integration/test_crash_safety.py tests/integration/test_commands.py \
+  tests/integration/test_parse_cache.py >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!
-newest=0
-uv run --frozen pytest || newest=$?
-oldest=0
-wait "$oldest_pid" || oldest=$?
-echo
-echo "=== oldest dbt ($("$oldest_env/bin/python" -c 'import dbt.version, sys; print(f"dbt-core {dbt.version.__version__}, Python {sys.version.split()[0]}")')): worker, reuse-case and crash tests ==="
-cat "$oldest_tmp/log"
-echo "newest dbt suite exit code: $newest; oldest dbt tests exit code: $oldest"
-[ "$newest" = 0 ] && [ "$oldest" = 0 ]
+status=0
+uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/integration" \
+  -m "integration and not slow" || status=1
+wait "$airflow_pid" || status=1
+cat "$logs/airflow.log"
+wait "$oldest_pid" || status=1
+oldest_dbt=$("$oldest_env/bin/python" -c \
+  'import dbt.version, sys; print(f"dbt-core {dbt.version.__version__}, Python {sys.version.split()[0]}")')
+echo "=== the worker, reuse-case and crash tests on the oldest dbt ($oldest_dbt) ==="
+cat "$logs/oldest.log"
+exit "$status"

@@ -38,10 +38,10 @@ uv run --frozen ruff format --check .
 uv run --frozen mypy airflow_provider_orchestra_dbt
 
 # With no arguments, three pytest sessions share the machine's two cores (they share nothing
-# else: each has its own temp dir, warehouses and PostgreSQL cluster):
-#   * Airflow end to end (marker `slow`) and the unit tests, on the newest dbt (the lock's
-#     default environment);
-#   * the other integration tests, on the newest dbt;
+# else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
+#   * the unit tests, Airflow end to end, the state stores and bad input, on the newest dbt
+#     (the lock's default environment);
+#   * every other integration test (the reuse cases on DuckDB and PostgreSQL, ...), newest dbt;
 #   * the worker, reuse-case and crash tests on the oldest dbt we support (dbt-core 1.10), in
 #     a second environment from the same lock, on the newest Python the machine has.
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
@@ -57,19 +57,22 @@ UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --pytho
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/airflow" \
-  -m "slow or not integration" >"$logs/airflow.log" 2>&1 &
-airflow_pid=$!
+first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
+  test_connection_form.py test_dbt_python.py test_bad_input.py test_state_http.py
+  test_state_s3.py test_foreign_writers.py test_hook_backends.py)
+uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/first" tests/unit \
+  "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
+first_pid=$!
 "$oldest_env/bin/python" -m pytest -p no:cacheprovider --basetemp "$logs/oldest" \
   tests/unit/worker tests/unit/engine tests/integration/test_reuse.py \
   tests/integration/test_crash_safety.py tests/integration/test_commands.py \
   tests/integration/test_parse_cache.py >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!
 status=0
-uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/integration" \
-  -m "integration and not slow" || status=1
-wait "$airflow_pid" || status=1
-cat "$logs/airflow.log"
+uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/second" tests/integration \
+  "${first[@]/#/--ignore=tests/integration/}" || status=1
+wait "$first_pid" || status=1
+cat "$logs/first.log"
 wait "$oldest_pid" || status=1
 oldest_dbt=$("$oldest_env/bin/python" -c \
   'import dbt.version, sys; print(f"dbt-core {dbt.version.__version__}, Python {sys.version.split()[0]}")')

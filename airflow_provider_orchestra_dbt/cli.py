@@ -12,6 +12,7 @@ from pathlib import Path
 from airflow_provider_orchestra_dbt import __version__
 from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.picture import write_run_html
+from airflow_provider_orchestra_dbt.engine.report import FULL_PLAN_ENV
 from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateError
 
@@ -49,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report", help="write a JSON report of every node's decision here")
     parser.add_argument(
         "--html", help="write a self-contained HTML picture of the run (the DAG by outcome) here"
+    )
+    parser.add_argument(
+        "--full-plan",
+        action="store_true",
+        help=f"list every reused node in the logged plan, not one line per reason (as "
+        f"{FULL_PLAN_ENV}=1 does)",
     )
     parser.add_argument("--target-path", help="keep dbt's artifacts here (default: a temp dir)")
     parser.add_argument("--dbt-python", help="interpreter for the dbt worker (default: this one)")
@@ -113,6 +120,8 @@ def run_config(args: argparse.Namespace, dbt_args: Sequence[str]) -> DbtRunConfi
         target_path=args.target_path,
         lock_timeout=args.lock_timeout,
         key_prefix=args.integration_account_id,
+        # The session reads it from the run's environment, where the operator's env= puts it.
+        env={FULL_PLAN_ENV: "1"} if args.full_plan else None,
     )
 
 

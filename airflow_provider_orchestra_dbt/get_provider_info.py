@@ -13,6 +13,13 @@ hook). Values of ``conn-fields`` are stored under their bare names in ``Connecti
 :class:`~airflow_provider_orchestra_dbt.hooks.orchestra_dbt.StateConnectionConfig` reads them
 from ``conn.extra_dejson``. A conn-field is treated as sensitive (masked input,
 ``ConnectionFormWidgetInfo.is_sensitive``) when its schema has ``"format": "password"``.
+
+Required marks: the 3.3 form marks a conn-field required exactly when its schema ``type``
+excludes ``"null"``, one field at a time; it ignores ``if``/``then``, ``dependencies`` and a
+top-level ``required``, so "required for backend x" cannot be expressed. Only ``backend`` (needed
+by every backend, and defaulted) is marked; every backend-specific field is nullable, says in its
+description which backends need it, and the hook enforces that with a ``ValueError`` naming the
+connection and the field.
 """
 
 from __future__ import annotations
@@ -49,43 +56,51 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         ),
         "schema": {"type": "string", "enum": list(BACKENDS), "default": BACKENDS[0]},
     },
-    "orchestra_env": {
-        "label": "Orchestra environment",
-        "description": "Orchestra environment for the 'http' backend. Ignored if Base URL is set.",
-        "schema": {"type": "string", "enum": list(ORCHESTRA_ENVS), "default": ORCHESTRA_ENVS[0]},
-    },
+    "orchestra_env": _optional_string(
+        "Orchestra environment",
+        "Optional, 'http' backend only: the Orchestra environment (default 'app'). Ignored if "
+        "Base URL is set.",
+        enum=list(ORCHESTRA_ENVS),
+        default=ORCHESTRA_ENVS[0],
+    ),
     "base_url": _optional_string(
         "Base URL",
-        "Optional Orchestra API base URL ('http' backend); overrides Orchestra environment.",
+        "Optional, 'http' backend only: Orchestra API base URL; overrides Orchestra environment.",
     ),
     "state_uri": _optional_string(
         "State URI",
-        "'local': path of the state JSON file (e.g. /shared/orchestra/state.json, '~' allowed). "
-        "'s3': s3://bucket/key of the state object. Not used by 'http'.",
+        "Required for 'local' and 's3'; not used by 'http'. 'local': path of the state JSON file "
+        "(e.g. /shared/orchestra/state.json, '~' allowed). 's3': s3://bucket/key of the state "
+        "object.",
     ),
-    "region_name": _optional_string("AWS region", "AWS region of the bucket ('s3' backend)."),
+    "region_name": _optional_string(
+        "AWS region", "Optional, 's3' backend only: AWS region of the bucket."
+    ),
     "endpoint_url": _optional_string(
         "S3 endpoint URL",
-        "Custom endpoint for S3-compatible stores such as MinIO or R2 ('s3' backend).",
+        "Optional, 's3' backend only: custom endpoint for S3-compatible stores such as MinIO or "
+        "R2.",
     ),
     "aws_conn_id": _optional_string(
         "AWS connection id",
-        "Airflow AWS connection to take S3 credentials from ('s3' backend). Alternatively put an "
-        "access key id in Login and the secret in 'AWS secret access key'.",
+        "Optional, 's3' backend only: Airflow AWS connection to take S3 credentials from. "
+        "Alternatively put an access key id in Login and the secret in 'AWS secret access key'; "
+        "with neither, boto3's default credentials apply.",
     ),
     "aws_secret_access_key": _optional_string(
         "AWS secret access key",
-        "Secret for the access key id given in Login ('s3' backend, only without AWS connection "
-        "id). Masked in the UI and in logs.",
+        "'s3' backend only: the secret for the access key id in Login; required when Login is "
+        "set, and must be empty when it is not. Masked in the UI and in logs.",
         format="password",
     ),
     "integration_account_id": _optional_string(
         "Integration account id",
-        "Optional prefix for state keys, so several dbt projects or accounts can share one store.",
+        "Optional, every backend: prefix for state keys, so several dbt projects or accounts can "
+        "share one store.",
     ),
     "timeout": {
         "label": "Timeout (seconds)",
-        "description": "Request timeout in seconds for the 'http' and 's3' backends.",
+        "description": "Optional, 'http' and 's3' backends: request timeout in seconds.",
         "schema": {
             "type": ["number", "null"],
             "default": DEFAULT_TIMEOUT_SECONDS,
@@ -102,7 +117,7 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     },
     "placeholders": {
         "login": "s3 backend only, when no AWS connection id is given",
-        "password": "Orchestra API key (http backend)",
+        "password": "Orchestra API key (required for the http backend)",
     },
 }
 

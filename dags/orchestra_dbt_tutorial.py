@@ -1,7 +1,8 @@
 """Tutorial: the tutorial dbt project run by OrchestraDbtOperator on the embedded defaults.
 
 DuckDB warehouse, local-file state, no server. Run it twice and the second run reuses every
-model; land new rows with ``python tutorial/land_data.py --source orders`` and only the
+model; land new rows with ``TUTORIAL_DUCKDB_PATH=.airflow/tutorial.duckdb uv run python
+tutorial/land_data.py --source orders`` (the hint ``scripts/tutorial.sh`` prints) and only the
 models downstream of ``raw.orders`` are rebuilt. Each run passes its data interval to
 ``fct_daily_revenue``, so a backfill rebuilds that model once per interval and reuses the
 rest. Rebuilt models emit Asset events (see ``orchestra_dbt_consumer.py``).

@@ -59,7 +59,7 @@ trap 'rm -rf "$logs"' EXIT
 
 first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
   test_connection_form.py test_dbt_python.py test_bad_input.py test_state_http.py
-  test_state_s3.py test_foreign_writers.py test_hook_backends.py)
+  test_state_s3.py test_foreign_writers.py test_hook_backends.py test_readme_commands.py)
 uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!

@@ -17,7 +17,8 @@ loaded, so ``dbt source freshness`` and state-aware runs see the change.
 
 Connection settings match ``tutorial/profiles.yml``:
 
-* duckdb: ``TUTORIAL_DUCKDB_PATH`` (default ``<this dir>/.warehouse/tutorial.duckdb``)
+* duckdb: ``TUTORIAL_DUCKDB_PATH``, the DuckDB file, required (``scripts/tutorial.sh``
+  uses ``.airflow/tutorial.duckdb``); a relative path is read from the working directory
 * postgres: ``TUTORIAL_PG_HOST``, ``TUTORIAL_PG_PORT``, ``TUTORIAL_PG_USER``,
   ``TUTORIAL_PG_PASSWORD``, ``TUTORIAL_PG_DBNAME`` (database must exist)
 
@@ -93,9 +94,20 @@ class Warehouse:
         return rows[0][0] if rows else None
 
 
+class WarehouseNotFound(RuntimeError):
+    """The DuckDB warehouse is not named, or new rows were asked of one that does not exist."""
+
+
 def duckdb_path() -> Path:
-    default = Path(__file__).resolve().parent / ".warehouse" / "tutorial.duckdb"
-    return Path(os.environ.get("TUTORIAL_DUCKDB_PATH") or default)
+    # No default: a guessed file is a second warehouse that dbt never reads, and data landed
+    # there looks lost.
+    value = os.environ.get("TUTORIAL_DUCKDB_PATH")
+    if not value:
+        raise WarehouseNotFound(
+            "TUTORIAL_DUCKDB_PATH is not set: set it to the tutorial's DuckDB file, e.g. "
+            "TUTORIAL_DUCKDB_PATH=.airflow/tutorial.duckdb (the one scripts/tutorial.sh builds)"
+        )
+    return Path(value).absolute()
 
 
 def _connect_duckdb(duckdb: Any, path: Path) -> Any:
@@ -115,12 +127,21 @@ def _connect_duckdb(duckdb: Any, path: Path) -> Any:
 
 
 @contextmanager
-def connect(target: str = "duckdb") -> Iterator[Warehouse]:
-    """Open the target warehouse; commit on success and always close the connection."""
+def connect(target: str = "duckdb", *, create: bool = True) -> Iterator[Warehouse]:
+    """Open the target warehouse; commit on success and always close the connection.
+
+    With ``create=False`` a missing DuckDB file is an error rather than a new empty file.
+    """
     if target == "duckdb":
         import duckdb
 
         path = duckdb_path()
+        if not create and not path.exists():
+            # Opening would leave an empty file behind, at a path that is likely a typo.
+            raise WarehouseNotFound(
+                f"no DuckDB warehouse at {path} (TUTORIAL_DUCKDB_PATH); "
+                "run with --init first to create it"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         conn: Any = _connect_duckdb(duckdb, path)
         placeholder = "?"
@@ -229,7 +250,7 @@ def append_rows(source: str, rows: int = 5, target: str = "duckdb") -> None:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
     if rows < 1:
         raise ValueError("rows must be at least 1")
-    with connect(target) as wh:
+    with connect(target, create=False) as wh:
         if not _table_exists(wh, source):
             raise RuntimeError(f"raw.{source} does not exist; run with --init first")
         start = (wh.scalar(f"select max(id) from raw.{source}") or 0) + 1
@@ -282,10 +303,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--source", choices=SOURCES, default="orders")
     parser.add_argument("--rows", type=int, default=5)
     args = parser.parse_args(argv)
-    if args.init:
-        init_raw(args.target)
-    else:
-        append_rows(args.source, args.rows, args.target)
+    try:
+        if args.init:
+            init_raw(args.target)
+        else:
+            append_rows(args.source, args.rows, args.target)
+    except WarehouseNotFound as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 if __name__ == "__main__":

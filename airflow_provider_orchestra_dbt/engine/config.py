@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,13 @@ _RESERVED_FLAGS = {
     "--vars": "use the vars argument",
 }
 _LOCK_TIMEOUT_PROBLEM = "lock_timeout must be a number of seconds >= 0, got {}"
+# dbt accepts a missing profiles directory for these: deps reads no profile, init writes one,
+# debug reports the problem itself.
+_PROFILELESS_COMMANDS = frozenset({"debug", "deps", "init"})
+_PROFILES_HINT = (
+    "Set profiles_dir (CLI: --profiles-dir) or DBT_PROFILES_DIR to the directory holding "
+    "profiles.yml"
+)
 
 
 class ConfigError(ValueError):
@@ -132,6 +140,63 @@ class DbtRunConfig:
                 flag = arg.split("=", 1)[0]
                 if flag in _RESERVED_FLAGS:
                     raise ConfigError(f"dbt_args must not contain {flag}: {_RESERVED_FLAGS[flag]}")
+        if self.profiles_dir is None and self.command not in _PROFILELESS_COMMANDS:
+            problem = self._default_profiles_problem()
+            if problem is not None:
+                raise ConfigError(problem)
+
+    def _default_profiles_problem(self) -> str | None:
+        """Why dbt's own lookup would find no profiles.yml, or None if it would find one.
+
+        Without this, dbt stops with a bare "Path '~/.dbt' does not exist." that says neither
+        what it was looking for nor where else it looked.
+        """
+        if any(arg.split("=", 1)[0] == "--profiles-dir" for arg in self.dbt_args):
+            return None  # a passthrough command's own flag: dbt checks that one
+        # dbt runs with the parent's environment plus `env`, in the project directory.
+        environ = {**os.environ, **self.env}
+        # dbt 1.12 reads every flag from DBT_ENGINE_<FLAG> first.
+        variable = next(
+            (v for v in ("DBT_ENGINE_PROFILES_DIR", "DBT_PROFILES_DIR") if environ.get(v)), None
+        )
+        if variable is not None:
+            from_env = environ[variable]
+            directory = self.project_dir / Path(from_env).expanduser()
+            if (directory / "profiles.yml").is_file():
+                return None
+            return (
+                f"{variable} {from_env!r} has no profiles.yml (looked in "
+                f"{str(directory)!r}; profiles_dir is not set, so dbt reads only that "
+                f"directory). {_PROFILES_HINT}"
+            )
+        home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+        home_dbt = home.expanduser() / ".dbt"
+        if any((d / "profiles.yml").is_file() for d in (self.project_dir, home_dbt)):
+            return None
+        if _dotenv_mentions_profiles_dir(self.project_dir):
+            return None
+        return (
+            "no profiles.yml found: dbt looks in profiles_dir (CLI: --profiles-dir), else "
+            "DBT_PROFILES_DIR, else the project directory, else ~/.dbt; neither setting is "
+            f"given and neither {str(self.project_dir)!r} nor {str(home_dbt)!r} has one. "
+            f"{_PROFILES_HINT}"
+        )
+
+
+def _dotenv_mentions_profiles_dir(project_dir: Path) -> bool:
+    """Whether the .env dbt 1.12+ loads (the nearest at or above its cwd) may set it.
+
+    dbt reads that file only once it starts; when it might point dbt elsewhere, dbt is left
+    to decide rather than failing a setup that works.
+    """
+    for directory in (project_dir.absolute(), *project_dir.absolute().parents):
+        candidate = directory / ".env"
+        if candidate.is_file():
+            try:
+                return "DBT_PROFILES_DIR" in candidate.read_text(errors="replace")
+            except OSError:
+                return True
+    return False
 
 
 def parse_vars(value: Mapping[str, Any] | str | None) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 Stateful nodes are boxes coloured by outcome, sources feeding them are pills, and tests are
 small markers along the bottom edge of the node (or source) they check, so a 200-node project
-stays readable without one box per test. Hovering shows every decision and reason through SVG
-``<title>`` elements, so the page needs no JavaScript and no network: it can be attached to a
-task log, opened from disk or served by Airflow as it is.
+stays readable without one box per test. Each box links to a side panel with everything about
+the node: decision, reason, outcome, dbt status, timing, message, its tests, and for a skipped
+node the failures that made dbt skip it. A panel is shown by CSS ``:target`` alone and hover
+titles repeat the essentials, so the page needs no JavaScript and no network: it can be
+attached to a task log, opened from disk or served by Airflow under a CSP that forbids scripts.
 
 The output is a pure function of the ``RunReport``: the same run always gives the same bytes.
 """
@@ -91,6 +93,10 @@ class _Item:
     y: float = 0.0
     height: float = _NODE_H
     tests: list[_Marker] = field(default_factory=list)
+    resource_type: str = ""
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    causes: tuple[str, ...] = ()
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,17 +104,29 @@ class _Marker:
     uid: str
     outcome: str
     tooltip: str
+    name: str = ""
+    facts: tuple[tuple[str, str], ...] = ()
+    causes: tuple[str, ...] = ()
+
+
+# What is drawn, keyed by unique_id; the edges; how many tests had nowhere to go.
+_Drawing = tuple[dict[str, _Item], list[tuple[str, str]], int]
+_BECAUSE = "skipped because"
 
 
 def render_run_html(report: RunReport, *, title: str | None = None) -> str:
     """The whole page for ``report``: header, legend, DAG picture and the decision table."""
     heading = title or _default_title(report)
+    causes = skip_causes(report)
+    drawing: _Drawing | None = None
+    if report.graph is not None and report.plan is not None:
+        drawing = _collect(report, report.graph, report.plan.decisions, causes)
     parts = [
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n",
         f"<title>{_esc(heading)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
         _header(report, heading),
-        _picture(report),
-        _tables(report),
+        _picture(report, drawing),
+        _tables(report, causes, drawing[0] if drawing is not None else {}),
         f"<footer>airflow-provider-orchestra-dbt {_esc(__version__)}</footer>\n",
         "</body>\n</html>\n",
     ]
@@ -233,18 +251,21 @@ def _legend(has_context: bool, dry_run: bool) -> str:
             "stroke='#343a40' stroke-width='0.8'/>"
             f"</svg>{_esc(label)}</span>"
         )
-    out.append("<span class='hint'>hover a box or a test marker for its decision</span></div>\n")
+    out.append(
+        "<span class='hint'>click a box for its decision, reason, outcome and tests; hover for "
+        "a glance</span></div>\n"
+    )
     return "".join(out)
 
 
 # -- picture ------------------------------------------------------------------------------------
 
 
-def _picture(report: RunReport) -> str:
-    graph, the_plan = report.graph, report.plan
-    if graph is None or the_plan is None:
+def _picture(report: RunReport, drawing: _Drawing | None) -> str:
+    if report.graph is None or drawing is None:
         return "<p class='empty'>Not a state-aware run: there is no plan to draw.</p>\n"
-    items, edges, loose_tests = _collect(report, graph, the_plan.decisions)
+    graph = report.graph
+    items, edges, loose_tests = drawing
     has_context = any(i.outcome == CONTEXT for i in items.values())
     legend = _legend(has_context, report.dry_run)
     if not items:
@@ -257,12 +278,15 @@ def _picture(report: RunReport) -> str:
             f"<p class='hint'>{loose_tests} selected test(s) check nothing drawn here; "
             "they are listed in the table below.</p>\n"
         )
-    return f"{legend}<div class='dag'>{svg}</div>\n{note}"
+    return f"{legend}<div class='dag'>{svg}</div>\n{note}{_panels(items, graph)}"
 
 
 def _collect(
-    report: RunReport, graph: Graph, decisions: Sequence[Decision]
-) -> tuple[dict[str, _Item], list[tuple[str, str]], int]:
+    report: RunReport,
+    graph: Graph,
+    decisions: Sequence[Decision],
+    causes: Mapping[str, tuple[str, ...]],
+) -> _Drawing:
     """Everything drawn, keyed by unique_id; the edges; how many tests had nowhere to go."""
     outcomes = report.outcomes()
     items: dict[str, _Item] = {}
@@ -274,23 +298,37 @@ def _collect(
         if node.is_test:
             tests.append(decision)
         elif node.is_stateful:
-            outcome = _shown_outcome(report, decision, outcomes[decision.unique_id])
-            result = report.results.get(decision.unique_id)
-            items[node.unique_id] = _Item(
-                node.unique_id,
+            uid = node.unique_id
+            outcome = _shown_outcome(report, decision, outcomes[uid])
+            result = report.results.get(uid)
+            facts = _facts(decision, outcome, result, causes.get(uid, ()))
+            items[uid] = _Item(
+                uid,
                 "node",
                 outcome,
                 node.name,
                 _detail(node, outcome, result),
-                _tooltip(node.unique_id, decision, outcome, result),
+                _tooltip(uid, facts),
+                resource_type=node.resource_type,
+                facts=facts,
+                causes=causes.get(uid, ()),
             )
     # `dbt test` plans tests only: draw what they check so the markers have a home.
     for decision in tests:
         for uid in graph.tested_nodes(decision.unique_id):
             node = graph[uid]
             if node.is_stateful and uid not in items:
-                tip = f"{uid}\nnot in this run's plan: drawn because a selected test checks it"
-                items[uid] = _Item(uid, "node", CONTEXT, node.name, node.resource_type, tip)
+                note = "not in this run's plan: drawn because a selected test checks it"
+                items[uid] = _Item(
+                    uid,
+                    "node",
+                    CONTEXT,
+                    node.name,
+                    node.resource_type,
+                    f"{uid}\n{note}",
+                    resource_type=node.resource_type,
+                    note=note,
+                )
     stateful = list(items)
     for uid in stateful:
         for source_id in graph.upstream(uid).sources:
@@ -307,12 +345,16 @@ def _collect(
 
     loose = 0
     for decision in tests:
-        outcome = _shown_outcome(report, decision, outcomes[decision.unique_id])
-        result = report.results.get(decision.unique_id)
+        uid = decision.unique_id
+        outcome = _shown_outcome(report, decision, outcomes[uid])
+        facts = _facts(decision, outcome, report.results.get(uid), causes.get(uid, ()))
         marker = _Marker(
-            decision.unique_id,
+            uid,
             outcome,
-            _tooltip(decision.unique_id, decision, outcome, result),
+            _tooltip(uid, facts),
+            graph[uid].name,
+            tuple(facts),
+            causes.get(uid, ()),
         )
         homes = [uid for uid in graph.tested_nodes(decision.unique_id) if uid in items]
         for uid in homes:
@@ -327,8 +369,53 @@ def _add_source(items: dict[str, _Item], graph: Graph, source_id: str) -> None:
     if source_id in items or source_id not in graph:
         return
     readers = [c for c in graph.stateful_children.get(source_id, ()) if c in items]
-    tip = f"{source_id}\nsource, read by {len(readers)} drawn node(s)"
-    items[source_id] = _Item(source_id, "source", SOURCE, _source_label(graph[source_id]), "", tip)
+    note = f"source, read by {len(readers)} drawn node(s)"
+    items[source_id] = _Item(
+        source_id,
+        "source",
+        SOURCE,
+        _source_label(graph[source_id]),
+        "",
+        f"{source_id}\n{note}",
+        resource_type="source",
+        note=note,
+    )
+
+
+def skip_causes(report: RunReport) -> dict[str, tuple[str, ...]]:
+    """For each skipped node or test, the nearest failures upstream: why dbt skipped it.
+
+    dbt skips whatever depends on a failed node and, in ``dbt build``, whatever depends on a
+    node whose error-severity test failed; a skip passes its causes on to what depends on it.
+    So walk up through the nodes that did not run: a failed node ends the walk and is a cause,
+    as is a failed test on a node passed through (a test's own siblings are not skipped by it).
+    Tests come after the nodes they check in topological order, so one pass suffices.
+    """
+    graph = report.graph
+    if graph is None or report.plan is None:
+        return {}
+    outcomes = report.outcomes()
+    failed_tests_on: dict[str, list[str]] = {}
+    for uid, outcome in outcomes.items():
+        if outcome == FAILED and graph[uid].is_test:
+            for tested in graph.tested_nodes(uid):
+                failed_tests_on.setdefault(tested, []).append(uid)
+    blocked: dict[str, tuple[str, ...]] = {}
+    for uid in graph.topological(outcomes):
+        if outcomes[uid] not in (SKIPPED, NOT_RUN):
+            continue
+        is_test = graph[uid].is_test
+        parents = graph.tested_nodes(uid) if is_test else graph.upstream(uid).nodes
+        found: set[str] = set()
+        for parent in parents:
+            if outcomes.get(parent) == FAILED:
+                found.add(parent)
+            else:
+                found.update(blocked.get(parent, ()))
+            if not is_test:
+                found.update(failed_tests_on.get(parent, ()))
+        blocked[uid] = tuple(graph.topological(found))
+    return {uid: found for uid, found in blocked.items() if outcomes[uid] == SKIPPED}
 
 
 def _shown_outcome(report: RunReport, decision: Decision, outcome: str) -> str:
@@ -346,23 +433,41 @@ def _detail(node: Node, outcome: str, result: NodeResult | None) -> str:
     return f"{node.resource_type} \u00b7 {text}"
 
 
-def _tooltip(uid: str, decision: Decision, outcome: str, result: NodeResult | None) -> str:
-    lines = [
-        uid,
-        f"decision: {decision.action.value}",
-        f"reason: {decision.reason}",
-        f"outcome: {outcome.replace('_', ' ')}",
+def _facts(
+    decision: Decision, outcome: str, result: NodeResult | None, causes: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """What the hover title and the side panel say about one planned node or test."""
+    facts = [
+        ("decision", decision.action.value),
+        ("reason", decision.reason),
+        ("outcome", outcome.replace("_", " ")),
     ]
+    if outcome == SKIPPED:
+        facts.append((_BECAUSE, _because(causes)))
     if result is not None:
-        if result.execution_time is not None:
-            lines.append(f"execution time: {result.execution_time:.2f}s")
+        facts.append(("dbt status", result.status))
+        # dbt reports 0s for what it skipped or left as it was: no time is news there.
+        if result.execution_time is not None and outcome not in (SKIPPED, REUSED):
+            facts.append(("execution time", f"{result.execution_time:.2f}s"))
+        if result.finished_at:
+            facts.append(("finished at", result.finished_at))
         if result.rows_affected is not None and result.rows_affected >= 0:
-            lines.append(f"rows affected: {result.rows_affected}")
+            facts.append(("rows affected", str(result.rows_affected)))
         if result.failures:
-            lines.append(f"failures: {result.failures}")
+            facts.append(("failures", str(result.failures)))
         if result.message:
-            lines.append(f"message: {result.message}")
-    return "\n".join(lines)
+            facts.append(("message", result.message))
+    return facts
+
+
+def _because(causes: Sequence[str]) -> str:
+    if not causes:
+        return "no failure upstream of it in this run"
+    return f"{', '.join(causes)} failed"
+
+
+def _tooltip(uid: str, facts: Iterable[tuple[str, str]]) -> str:
+    return "\n".join([uid, *(f"{label}: {value}" for label, value in facts)])
 
 
 def _layout(
@@ -565,7 +670,7 @@ def _svg_item(item: _Item, x: float, y: float, w: float) -> str:
     label = item.label if len(item.label) <= max_chars else item.label[: max_chars - 1] + "\u2026"
     css = f"{item.kind} outcome-{item.outcome}"
     out = [
-        f"<g class='{css}' data-unique-id='{_esc(item.uid)}'>",
+        f"<a href='#{_anchor(item.uid)}'><g class='{css}' data-unique-id='{_esc(item.uid)}'>",
         f"<title>{_esc(item.tooltip)}</title>",
         f"<rect x='{x:.1f}' y='{y:.1f}' width='{w:.1f}' height='{item.height:.0f}' rx='{rx:.0f}' "
         f"fill='{fill}' stroke='{stroke}' stroke-width='{stroke_width}'{dash}/>",
@@ -583,7 +688,7 @@ def _svg_item(item: _Item, x: float, y: float, w: float) -> str:
             f"{_esc(item.detail)}</text>"
         )
     out.append(_markers(item, x + pad, y + item.height - _MARK / 2, w - 2 * pad))
-    out.append("</g>")
+    out.append("</g></a>")
     return "".join(out)
 
 
@@ -615,10 +720,111 @@ def _markers(item: _Item, x: float, y: float, room: float) -> str:
     return "".join(out)
 
 
+# -- side panels --------------------------------------------------------------------------------
+
+
+def _panels(items: Mapping[str, _Item], graph: Graph) -> str:
+    """One panel per box, hidden until its box (or a link to it) makes it the URL's target."""
+    out = ["<div class='panels'>\n"]
+    for item in items.values():
+        out.append(_panel(item, items, graph))
+    out.append("</div>\n")
+    return "".join(out)
+
+
+def _panel(item: _Item, items: Mapping[str, _Item], graph: Graph) -> str:
+    _, _, shown = _STYLES[item.outcome]
+    out = [
+        f"<section class='panel' id='{_anchor(item.uid)}' aria-label='{_esc(item.label)}'>",
+        "<a class='close' href='#none' title='close'>\u00d7</a>",
+        f"<h2>{_esc(item.label)}</h2><p class='uid'>{_esc(item.uid)}</p>",
+        f"<p><span class='pill o-{_esc(item.outcome)}'>{_esc(shown)}</span> "
+        f"{_esc(item.resource_type)}</p>",
+    ]
+    if item.note:
+        out.append(f"<p class='note'>{_esc(item.note)}</p>")
+    if item.facts:
+        out.append(_facts_html(item.facts, item.causes, items, graph))
+    if item.tests:
+        out.append(f"<h3>Tests ({len(item.tests)})</h3><ul class='tests'>")
+        for marker in item.tests:
+            _, label = _TEST_STYLES.get(marker.outcome, ("", marker.outcome.replace("_", " ")))
+            out.append(
+                f"<li><span class='pill t-{_esc(marker.outcome)}'>{_esc(label)}</span> "
+                f"<b>{_esc(marker.name)}</b> <span class='uid'>{_esc(marker.uid)}</span>"
+                f"{_facts_html(marker.facts, marker.causes, items, graph, skip=('outcome',))}"
+                "</li>"
+            )
+        out.append("</ul>")
+    out.append("</section>\n")
+    return "".join(out)
+
+
+def _facts_html(
+    facts: Iterable[tuple[str, str]],
+    causes: tuple[str, ...],
+    items: Mapping[str, _Item],
+    graph: Graph,
+    skip: tuple[str, ...] = (),
+) -> str:
+    out = ["<dl>"]
+    for label, value in facts:
+        if label in skip:
+            continue
+        if label == _BECAUSE and causes:
+            shown = "<br>".join(_cause_html(uid, items, graph) for uid in causes)
+        else:
+            shown = _esc(value)
+        out.append(f"<dt>{_esc(label)}</dt><dd>{shown}</dd>")
+    out.append("</dl>")
+    return "".join(out)
+
+
+def _cause_html(uid: str, items: Mapping[str, _Item], graph: Graph) -> str:
+    """A failure, linked to the panel that tells more about it."""
+    if uid in items:
+        return f"{_link(uid, items[uid].label)} failed"
+    if uid in graph and graph[uid].is_test:
+        homes = [_link(t, items[t].label) for t in graph.tested_nodes(uid) if t in items]
+        on = f" on {', '.join(homes)}" if homes else ""
+        return f"test <b>{_esc(graph[uid].name)}</b>{on} failed"
+    return f"{_esc(uid)} failed"
+
+
+def _panel_of(uid: str, items: Mapping[str, _Item], graph: Graph | None) -> str | None:
+    """Whose panel tells about ``uid``: its own, or for a test the first box it is drawn on."""
+    if uid in items:
+        return uid
+    if graph is None or uid not in graph or not graph[uid].is_test:
+        return None
+    return next((t for t in graph.tested_nodes(uid) if t in items), None)
+
+
+def _link(uid: str, text: str) -> str:
+    return f"<a href='#{_anchor(uid)}' title='{_esc(uid)}'>{_esc(text)}</a>"
+
+
+def _anchor(uid: str) -> str:
+    """The panel id for ``uid``: readable, distinct per id, and safe unescaped in a URL.
+
+    Characters other than ASCII letters, digits, ``.``, ``_`` and ``-`` become ``~`` and the
+    hex of their UTF-8 bytes (``~`` itself included), so no two ids collide.
+    """
+    out = []
+    for char in uid:
+        if char.isascii() and (char.isalnum() or char in "._-"):
+            out.append(char)
+        else:
+            out.extend(f"~{byte:02x}" for byte in char.encode())
+    return "n-" + "".join(out)
+
+
 # -- tables -------------------------------------------------------------------------------------
 
 
-def _tables(report: RunReport) -> str:
+def _tables(
+    report: RunReport, causes: Mapping[str, tuple[str, ...]], items: Mapping[str, _Item]
+) -> str:
     """What went wrong, open and worst first; then every decision, folded away."""
     outcomes = report.outcomes()
     decisions = report.plan.by_id if report.plan is not None else {}
@@ -643,8 +849,12 @@ def _tables(report: RunReport) -> str:
             else ""
         )
         message = result.message if result and result.message else ""
+        if outcome == SKIPPED and not message:
+            message = f"{_BECAUSE} {_because(causes.get(uid, ()))}"
+        home = _panel_of(uid, items, graph)
+        shown_uid = _link(home, uid) if home is not None else _esc(uid)
         row = (
-            f"<tr class='outcome-{_esc(outcome)}'><td class='uid'>{_esc(uid)}</td>"
+            f"<tr class='outcome-{_esc(outcome)}'><td class='uid'>{shown_uid}</td>"
             f"<td>{_esc(rtype)}</td><td>{_esc(decision.action.value if decision else '')}</td>"
             f"<td><span class='pill o-{_esc(outcome)}'>{_esc(outcome.replace('_', ' '))}</span>"
             f"</td><td class='num'>{_esc(elapsed)}</td>"
@@ -734,9 +944,29 @@ h1 { font-size: 20px; margin: 0 0 8px; }
 .legend .sep { color: #868e96; margin-left: 8px; }
 .dag { overflow: auto; border: 1px solid #e9ecef; border-radius: 6px; background: #fcfcfd; }
 .dag svg { display: block; max-width: 100%; height: auto; }
-.dag g.node, .dag g.source { cursor: default; }
-.dag g.node:hover rect:first-of-type, .dag g.source:hover rect:first-of-type {
+.dag a { cursor: pointer; }
+.dag a:hover > g > rect:first-of-type, .dag a:focus > g > rect:first-of-type {
   stroke: #1c7ed6; stroke-width: 3; }
+.dag a:focus { outline: none; }
+.panel { display: none; position: fixed; top: 12px; right: 12px; z-index: 2;
+  width: min(440px, calc(100vw - 48px)); max-height: calc(100vh - 24px); overflow: auto;
+  box-sizing: border-box; padding: 12px 16px; background: #fff; border: 1px solid #ced4da;
+  border-radius: 8px; box-shadow: 0 6px 24px rgba(0, 0, 0, 0.18); }
+.panel:target { display: block; }
+.panel .close { position: absolute; top: 4px; right: 12px; font-size: 22px; color: #495057;
+  text-decoration: none; }
+.panel h2 { font-size: 16px; margin: 0 24px 2px 0; overflow-wrap: anywhere; }
+.panel h3 { font-size: 13px; margin: 12px 0 4px; }
+.panel p { margin: 4px 0; }
+.panel .uid { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px;
+  color: #495057; overflow-wrap: anywhere; }
+.panel dl { display: grid; grid-template-columns: max-content 1fr; gap: 3px 10px;
+  margin: 6px 0; font-size: 13px; }
+.panel dt { color: #868e96; }
+.panel dd { margin: 0; overflow-wrap: anywhere; white-space: pre-wrap; }
+.panel .tests { list-style: none; padding: 0; margin: 0; }
+.panel .tests li { border-top: 1px solid #e9ecef; padding: 5px 0; font-size: 13px; }
+.panel .tests dl { font-size: 12px; }
 .empty { color: #868e96; font-style: italic; }
 details { margin-top: 14px; }
 summary { cursor: pointer; font-weight: 600; }
@@ -747,5 +977,7 @@ th { background: #f1f3f5; position: sticky; top: 0; }
 td.uid { font-family: ui-monospace, Menlo, Consolas, monospace; overflow-wrap: anywhere; }
 td.num { text-align: right; white-space: nowrap; }
 .pill { border-radius: 8px; padding: 0 7px; border: 1px solid #ced4da; white-space: nowrap; }
+.o-source { background: #fffdf5; border-color: #7a6a3a; }
+.o-context { background: #fff; border: 1px dashed #868e96; }
 footer { margin-top: 18px; color: #adb5bd; font-size: 11px; }
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from airflow_provider_orchestra_dbt.engine.outcomes import (
     SKIPPED_STATUSES,
     NodeResult,
 )
-from airflow_provider_orchestra_dbt.engine.planner import Plan
+from airflow_provider_orchestra_dbt.engine.planner import Action, Decision, Plan
 
 # Final outcome per node, as counted in summaries.
 BUILT, REUSED, FAILED, SKIPPED, NOT_RUN = "built", "reused", "failed", "skipped", "not_run"
@@ -26,6 +26,12 @@ PASSED, WARNED = "passed", "warned"
 SUMMARY_BUDGET_BYTES = 56 * 1024
 # Id lists in the summary, most important first: they keep their ids first when space is short.
 SUMMARY_ID_LISTS = (FAILED, SKIPPED, BUILT)
+# Node names longer than this are shortened in the plan table so its columns stay aligned;
+# the report and the XCom node details keep them whole.
+PLAN_NODE_WIDTH = 64
+# Set (to 1) for the task or the CLI to list every reused node in the plan table.
+FULL_PLAN_ENV = "ORCHESTRA_DBT_FULL_PLAN"
+_TYPE_ORDER = {kind: i for i, kind in enumerate(("model", "seed", "snapshot", "test", "unit_test"))}
 FULL_LISTS_NOTE = (
     "id lists shortened to fit the XCom budget (counts are exact); every node's outcome is "
     "in the 'orchestra_dbt_nodes' XCom (push_node_details=True) and in the state store"
@@ -182,13 +188,14 @@ class RunReport:
 
     # -- human-readable ------------------------------------------------------------------------
 
-    def plan_table(self) -> str:
+    def plan_table(self, full: bool = False) -> str:
+        """Nodes to build one per line; reused nodes counted per reason unless ``full``."""
         if self.plan is None or not self.plan.decisions:
             return "plan: nothing selected"
-        rows = [(d.unique_id, d.action.value, d.reason) for d in self.plan.decisions]
-        width = min(max(len(r[0]) for r in rows), 70)
-        lines = [f"{'node':<{width}}  {'decision':<8}  reason", "-" * (width + 30)]
-        lines += [f"{uid:<{width}}  {action:<8}  {reason}" for uid, action, reason in rows]
+        rows = plan_rows(self.plan.decisions, full=full)
+        lines = table_lines(rows)
+        if len(rows) < len(self.plan.decisions):
+            lines.append(f"(reused nodes counted per reason; {FULL_PLAN_ENV}=1 lists each one)")
         return "\n".join(lines)
 
     def summary_line(self) -> str:
@@ -210,12 +217,169 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value).encode("utf-8"))
 
 
-def finished_node_line(event: Mapping[str, Any]) -> str:
+# -- the plan table ----------------------------------------------------------------------------
+
+
+def plan_rows(decisions: Sequence[Decision], *, full: bool = False) -> list[tuple[str, str, str]]:
+    """(node, decision, reason) rows: builds one each; reuses one per reason unless ``full``.
+
+    A reuse reason shared by several nodes becomes one row counting them by resource type, so
+    a run that reuses most of a project does not list every test again. A reason only one
+    node has keeps that node's name.
+    """
+    rows = [(d.unique_id, d.action.value, d.reason) for d in decisions if d.builds]
+    reused = [d for d in decisions if not d.builds]
+    if full:
+        return rows + [(d.unique_id, d.action.value, d.reason) for d in reused]
+    by_reason: dict[str, list[Decision]] = {}
+    for decision in reused:
+        by_reason.setdefault(decision.reason, []).append(decision)
+    for reason, group in by_reason.items():
+        name = group[0].unique_id if len(group) == 1 else count_by_type(group)
+        rows.append((name, Action.REUSE.value, reason))
+    return rows
+
+
+def count_by_type(decisions: Sequence[Decision]) -> str:
+    """``14 models, 1 seed, 49 tests``: how many of each resource type, in a stable order."""
+    counts = Counter(d.resource_type for d in decisions)
+    kinds = sorted(counts, key=lambda t: (_TYPE_ORDER.get(t, len(_TYPE_ORDER)), t))
+    return ", ".join(_plural(counts[kind], kind.replace("_", " ")) for kind in kinds)
+
+
+def table_lines(rows: Sequence[tuple[str, str, str]]) -> list[str]:
+    """Header, rule and rows, the node column at most ``PLAN_NODE_WIDTH`` wide."""
+    width = min(max(len(row[0]) for row in rows), PLAN_NODE_WIDTH) if rows else len("node")
+    lines = [f"{'node':<{width}}  {'decision':<8}  reason", "-" * (width + 30)]
+    lines += [
+        f"{shorten_middle(node, width):<{width}}  {action:<8}  {reason}"
+        for node, action, reason in rows
+    ]
+    return lines
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` in its middle: the resource type and the test hash survive."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return f"{text[:head]}…{text[len(text) - (width - 1 - head) :]}"
+
+
+def wants_full_plan(env: Mapping[str, str]) -> bool:
+    return env.get(FULL_PLAN_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# -- per-node lines ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeProgress:
+    """A finished node's place among the nodes to execute, and the estimated time left."""
+
+    index: int
+    total: int
+    seconds_left: float | None = None
+
+    def text(self) -> str:
+        return f"[{self.index:>{len(str(self.total))}}/{self.total}]"
+
+    def left_text(self) -> str:
+        if self.seconds_left is None or self.index >= self.total:
+            return ""  # the last node: nothing left to estimate
+        left = duration_text(self.seconds_left)
+        return f" ({left} left)" if left.startswith("<") else f" (~{left} left)"
+
+
+@dataclass
+class ExecutionProgress:
+    """Counts finished nodes and estimates the time left from recorded execution times.
+
+    The time left is the sum of the last recorded execution times of the nodes still to run
+    (a node without one counts as the average of those with one; with none recorded at all,
+    as the average of this run's finished nodes), divided by how many nodes dbt has run at
+    once so far: recorded times are per node, and dbt runs up to ``threads`` side by side.
+    Clock readings are passed in, so the arithmetic stays testable.
+    """
+
+    pending: set[str]
+    recorded: dict[str, float]
+    total: int
+    finished: int = 0
+    busy_seconds: float = 0.0
+    started_at: float | None = None
+
+    @classmethod
+    def start(cls, node_ids: Sequence[str], recorded: Mapping[str, float]) -> ExecutionProgress:
+        known = {uid: recorded[uid] for uid in node_ids if uid in recorded}
+        return cls(pending=set(node_ids), recorded=known, total=len(node_ids))
+
+    def node_started(self, now: float) -> None:
+        if self.started_at is None:
+            self.started_at = now
+
+    def node_finished(self, unique_id: str, execution_time: Any, now: float) -> NodeProgress:
+        self.finished += 1
+        self.pending.discard(unique_id)
+        if isinstance(execution_time, (int, float)) and execution_time > 0:
+            self.busy_seconds += float(execution_time)
+        elapsed = now - self.started_at if self.started_at is not None else 0.0
+        return NodeProgress(self.finished, self.total, self.seconds_left(elapsed))
+
+    def seconds_left(self, elapsed: float) -> float | None:
+        if not self.pending:
+            return 0.0
+        if self.recorded:
+            average = sum(self.recorded.values()) / len(self.recorded)
+        elif self.finished and self.busy_seconds:
+            average = self.busy_seconds / self.finished
+        else:
+            return None
+        serial = sum(self.recorded.get(uid, average) for uid in self.pending)
+        at_once = self.busy_seconds / elapsed if elapsed > 0 else 1.0
+        # No more than the nodes finished so far ran at once; a higher figure only means the
+        # start event came late.
+        return serial / min(max(at_once, 1.0), max(self.finished, 1))
+
+
+def recorded_execution_times(
+    decisions: Sequence[Decision], state: Mapping[str, Mapping[str, Any]]
+) -> dict[str, float]:
+    """Each decided node's execution time as last recorded in the state, where there is one."""
+    times: dict[str, float] = {}
+    for decision in decisions:
+        entry = state.get(decision.key) if decision.key else None
+        seconds = entry.get("execution_time") if entry else None
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+            times[decision.unique_id] = float(seconds)
+    return times
+
+
+def duration_text(seconds: float) -> str:
+    """``<1s``, ``45s``, ``3m05s``, ``2h07m``."""
+    whole = round(seconds)
+    if whole < 1:
+        return "<1s"
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def finished_node_line(event: Mapping[str, Any], progress: NodeProgress | None = None) -> str:
+    """``[12/64] SUCCESS  model.x in 0.23s, 60 rows (~4s left)``; a message after failures."""
     status = str(event.get("status", "?")).upper()
     elapsed = event.get("execution_time")
     timing = f" in {elapsed:.2f}s" if isinstance(elapsed, (int, float)) else ""
     rows = event.get("rows_affected")
     rows_text = f", {rows} rows" if isinstance(rows, int) and rows >= 0 else ""
+    left = progress.left_text() if progress is not None else ""
     message = event.get("message")
     tail = f": {message}" if message and status not in ("SUCCESS", "PASS") else ""
-    return f"{status:<8} {event.get('unique_id')}{timing}{rows_text}{tail}"
+    counter = f"{progress.text()} " if progress is not None else ""
+    return f"{counter}{status:<8} {event.get('unique_id')}{timing}{rows_text}{left}{tail}"

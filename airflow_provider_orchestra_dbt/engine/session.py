@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -37,9 +38,12 @@ from airflow_provider_orchestra_dbt.engine.planner import (
     probe_targets,
 )
 from airflow_provider_orchestra_dbt.engine.report import (
+    ExecutionProgress,
     RunReport,
     finished_node_line,
+    recorded_execution_times,
     unmatched_message,
+    wants_full_plan,
 )
 from airflow_provider_orchestra_dbt.engine.run_lock import (
     LOCK_FILE_NAME,
@@ -91,6 +95,8 @@ class DbtSession:
         self._dotenv: dict[str, str] = {}
         self._stopped = threading.Event()
         self._run_lock: RunLock | None = None
+        # Only for a state-aware execution: its node lines count up to the nodes to execute.
+        self._progress: ExecutionProgress | None = None
 
     # -- public --------------------------------------------------------------------------------
 
@@ -178,9 +184,10 @@ class DbtSession:
         fingerprint = Fingerprinter(graph, cli_vars=config.vars, env=env)
         the_plan = plan(graph, selected, state, fingerprint, probe, options)
         self.log.info(
-            "Plan (%d nodes):\n%s",
+            "Plan (%d nodes, %d to build):\n%s",
             len(the_plan.decisions),
-            _plan_report(graph, the_plan).plan_table(),
+            len(the_plan.to_execute()),
+            _plan_report(graph, the_plan).plan_table(full=wants_full_plan(self._worker_env())),
         )
 
         if self._stopped.is_set():
@@ -196,6 +203,9 @@ class DbtSession:
             return report
 
         self.log.info("Executing %d of %d planned nodes", len(to_execute), len(the_plan.decisions))
+        self._progress = ExecutionProgress.start(
+            to_execute, recorded_execution_times(the_plan.decisions, state)
+        )
         try:
             worker.send({"type": "execute", "nodes": to_execute})
             result = worker.receive("execute_result", self._on_event)
@@ -296,10 +306,17 @@ class DbtSession:
         )
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
-        if event.get("type") == "node_finished":
+        if event.get("type") == "node_start" and self._progress is not None:
+            self._progress.node_started(time.monotonic())
+        elif event.get("type") == "node_finished":
             result = NodeResult.from_message(event)
             self._results[result.unique_id] = result
-            self.log.info(finished_node_line(event))
+            progress = None
+            if self._progress is not None:
+                progress = self._progress.node_finished(
+                    result.unique_id, result.execution_time, time.monotonic()
+                )
+            self.log.info(finished_node_line(event, progress))
             if result.status not in KNOWN_STATUSES:
                 self.log.warning(
                     "dbt reported status %r for %s, which this provider does not know: it "

@@ -161,13 +161,18 @@ class StateConnectionConfig:
 
         state_uri = text("state_uri")
         base_url = text("base_url")
+        # The connection form cannot mark a field required for some backends only (see
+        # get_provider_info), so these checks are the only enforcement; they name the form's
+        # label too, for whoever filled the form in.
         if backend == "local" and state_uri is None:
             fail(
-                "backend 'local' needs 'state_uri' set to the path of the state JSON file "
-                "(e.g. /shared/orchestra/state.json)"
+                "backend 'local' needs 'state_uri' (form field 'State URI') set to the path of "
+                "the state JSON file (e.g. /shared/orchestra/state.json)"
             )
         if backend == "s3" and not _is_s3_uri(state_uri):
-            fail("backend 's3' needs 'state_uri' of the form s3://bucket/key")
+            fail(
+                "backend 's3' needs 'state_uri' (form field 'State URI') of the form s3://bucket/key"
+            )
         if base_url is not None and not base_url.startswith(("http://", "https://")):
             fail("'base_url' must start with http:// or https://")
         if backend == "http" and not (conn.password or "").strip():

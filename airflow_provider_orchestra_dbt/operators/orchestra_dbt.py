@@ -43,7 +43,38 @@ class OrchestraDbtRunPictureLink(BaseOperatorLink):
         # (``Any``: the SDK's XCom wants its own protocol type for the same key.)
         from airflow.sdk.bases.xcom import BaseXCom
 
-        return str(BaseXCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
+        url = str(BaseXCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
+        if url.startswith("file:"):
+            # The UI drops file:// links, so point at the provider's api-server plugin, which
+            # serves the same file, for pictures under the directory it reads.
+            return _plugin_picture_url(url, ti_key) or url
+        return url
+
+
+def _plugin_picture_url(file_url: str, ti_key: Any) -> str | None:
+    from urllib.parse import unquote, urlsplit
+
+    from airflow.configuration import conf
+
+    from airflow_provider_orchestra_dbt.plugins.paths import picture_root, picture_url
+
+    try:
+        picture = Path(unquote(urlsplit(file_url).path)).resolve()
+        inside = picture.is_relative_to(picture_root().resolve())
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if not inside:
+        return None
+    relative = picture_url(
+        ti_key.dag_id,
+        ti_key.run_id,
+        ti_key.task_id,
+        ti_key.try_number,
+        getattr(ti_key, "map_index", -1),
+    )
+    # Without a base URL a root-relative link still opens: the UI accepts same-origin links.
+    base = conf.get("api", "base_url", fallback="") or "/"
+    return f"{base.rstrip('/')}/{relative}"
 
 
 class OrchestraDbtOperator(BaseOperator):

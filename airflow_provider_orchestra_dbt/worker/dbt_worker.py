@@ -31,6 +31,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -159,7 +160,11 @@ class DbtSession:
                 shutil.copyfile(cache_file, run_copy)
         from dbt.cli.main import dbtRunner
 
-        result = dbtRunner().invoke(["parse", "--quiet", *self._common_args()])
+        # A failed parse's message is our error message: dbt's console would print it first.
+        with _held_stdout() as console:
+            result = dbtRunner().invoke(["parse", "--quiet", *self._common_args()])
+        if result.exception is None:
+            console.release()
         if not result.success or result.result is None:
             message = (
                 _describe_exception(result.exception)
@@ -1008,6 +1013,29 @@ class _silenced_stdout:
         os.close(self._saved)
 
 
+class _held_stdout:
+    """Hold back what dbt prints on fd 1 (its console) until ``release()``, or drop it."""
+
+    def __enter__(self) -> _held_stdout:
+        sys.stdout.flush()
+        self._saved = os.dup(1)
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        os.dup2(self._saved, 1)
+        os.close(self._saved)
+        with self._file:
+            self._file.seek(0)
+            self.held = self._file.read().decode("utf-8", errors="replace")
+
+    def release(self) -> None:
+        sys.stdout.write(self.held)
+        sys.stdout.flush()
+
+
 def _installed_dbt() -> tuple[str | None, str | None]:
     """The dbt distribution and version this interpreter runs, read without importing dbt.
 
@@ -1110,8 +1138,12 @@ def _serve(channel: Channel) -> int:
 
 
 def main() -> int:
-    protocol_out = _take_over_stdout()
-    channel = Channel(protocol_out, sys.stdin)
+    # Closed, not left to the garbage collector, which would warn of an unclosed file.
+    with _take_over_stdout() as protocol_out:
+        return _converse(Channel(protocol_out, sys.stdin))
+
+
+def _converse(channel: Channel) -> int:
     # The parent stops us with SIGINT first: dbt turns that into a clean cancel of open queries.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -1141,7 +1173,27 @@ def _exit_now(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     logging.shutdown()
+    _release_semaphores()
     os._exit(code)
+
+
+def _release_semaphores() -> None:
+    """Unlink the named semaphores behind dbt's locks, which ``os._exit`` would leave behind.
+
+    dbt makes its manifest and connection locks from a spawn context: each is a named
+    semaphore, registered with multiprocessing's resource tracker and unlinked by a finalizer
+    a normal exit runs. Skipped, the tracker unlinks them itself and prints "There appear to
+    be N leaked semaphore objects" into the task log. Only these finalizers run: others (a
+    thread pool's) could wait on dbt threads an interrupt left behind.
+    """
+    from multiprocessing import synchronize, util
+
+    cleanup = getattr(synchronize.SemLock, "_cleanup", None)
+    registry = getattr(util, "_finalizer_registry", {})
+    with contextlib.suppress(Exception):  # private API: at worst the tracker warns again
+        for finalizer in list(registry.values()):
+            if cleanup is not None and getattr(finalizer, "_callback", None) is cleanup:
+                finalizer()
 
 
 if __name__ == "__main__":

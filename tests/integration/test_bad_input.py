@@ -63,6 +63,21 @@ def config_error(ws: Workspace, **kwargs: object) -> str:
     return str(caught.value)
 
 
+def profiles_not_found(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, tmp: Path, profiles_env: str | None = None
+) -> str:
+    """No profiles_dir: dbt's own lookup, in a project without profiles.yml and an empty home."""
+    project = tmp / "project"
+    project.mkdir()
+    (project / "dbt_project.yml").write_bytes((ws.project / "dbt_project.yml").read_bytes())
+    monkeypatch.setenv("HOME", str(tmp / "home"))
+    if profiles_env is None:
+        monkeypatch.delenv("DBT_PROFILES_DIR", raising=False)
+    else:
+        monkeypatch.setenv("DBT_PROFILES_DIR", profiles_env)
+    return config_error(ws, project_dir=project, profiles_dir=None)
+
+
 def connection_error(monkeypatch: pytest.MonkeyPatch, extra: dict, password: str = "") -> str:
     payload = {"conn_type": "orchestra_dbt", "extra": extra, "password": password}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(payload))
@@ -127,6 +142,8 @@ CASES: dict[str, Case] = {
     "project-missing": lambda ws, c, m, t: config_error(ws, project_dir=t / "nope"),
     "not-a-dbt-project": lambda ws, c, m, t: config_error(ws, project_dir=t),
     "profiles-missing": lambda ws, c, m, t: config_error(ws, profiles_dir=t),
+    "profiles-not-found": lambda ws, c, m, t: profiles_not_found(ws, m, t),
+    "profiles-env-missing": lambda ws, c, m, t: profiles_not_found(ws, m, t, str(t / "nope")),
     "target-unknown": lambda ws, c, m, t: cli_error(ws, c, "build", "--target", "nope"),
     "selection-invalid": lambda ws, c, m, t: cli_error(ws, c, "build", "-s", "bogus_method:x"),
     "vars-not-mapping": lambda ws, c, m, t: cli_error(ws, c, "build", "--vars", "[1, 2]"),

@@ -43,6 +43,9 @@ LABELS = (
     "Integration account id",
     "Timeout (seconds)",
 )
+# The 3.3 form can only mark a field required for every backend; the others say in their
+# description which backends need them, and the hook enforces it.
+REQUIRED_LABELS = {"State backend"}
 
 
 def _free_port() -> int:
@@ -117,6 +120,12 @@ def test_hook_meta_lists_the_connection_type_with_its_fields(api_server: ApiServ
     extra = ours["extra_fields"]
     assert {field["schema"]["title"] for field in extra.values()} == set(LABELS)
     assert extra["backend"]["schema"]["enum"] == ["local", "http", "s3"]
+    # The form's rule: required when the declared type does not admit null.
+    types = {field["schema"]["title"]: field["schema"]["type"] for field in extra.values()}
+    required = {
+        title for title, t in types.items() if "null" not in (t if isinstance(t, list) else [t])
+    }
+    assert required == REQUIRED_LABELS
 
 
 def test_the_test_button_reports_what_it_found(api_server: ApiServer, tmp_path: Path) -> None:
@@ -162,8 +171,13 @@ def test_add_connection_in_a_browser(api_server: ApiServer, tmp_path: Path) -> N
             dialog.get_by_label("Connection ID").fill("ui_state")
             dialog.get_by_label("API key").fill("not-a-real-key")
             dialog.get_by_text("Extra Fields", exact=True).click()
+            marked = set()
             for label in LABELS:
-                assert dialog.locator("label", has_text=label).first.is_visible(), label
+                element = dialog.locator("label", has_text=label).first
+                assert element.is_visible(), label
+                if element.locator("[class*=requiredIndicator]").count():
+                    marked.add(label)
+            assert marked == REQUIRED_LABELS
             # 3.3's extra-field labels are not tied to their inputs, so fill by name.
             dialog.locator("input[name=element_state_uri]").fill(state_uri)
             page.screenshot(path=str(tmp_path / "form.png"), full_page=True)

@@ -39,6 +39,9 @@ EXPECTED_CONN_FIELDS = {
     "integration_account_id",
     "timeout",
 }
+# Marked required in the form: needed by every backend. The rest are needed by some backends
+# only, which the 3.3 form cannot express; the hook enforces those.
+REQUIRED_IN_FORM = {"backend"}
 AIRFLOW_DIR = Path(airflow.__file__).parent
 SUBPROCESS_TIMEOUT = 180
 
@@ -54,6 +57,12 @@ def _connection_type() -> dict[str, Any]:
     (entry,) = get_provider_info()["connection-types"]
     assert isinstance(entry, dict)
     return entry
+
+
+def _marked_required(schema: dict[str, Any]) -> bool:
+    """The 3.3 connection form's rule: a declared type that does not admit null."""
+    types = schema.get("type")
+    return bool(types) and "null" not in (types if isinstance(types, list) else [types])
 
 
 def _run_python(args: list[str], tmp_path: Path) -> str:
@@ -147,6 +156,39 @@ def test_connection_type_entry() -> None:
     assert set(behaviour["hidden-fields"]) == {"host", "schema", "port"}
     assert behaviour["relabeling"]["password"] == "API key"
     assert behaviour["relabeling"]["login"] == "AWS access key id"
+
+
+def test_only_fields_every_backend_needs_are_marked_required() -> None:
+    fields = _connection_type()["conn-fields"]
+    required = {name for name, f in fields.items() if _marked_required(f["schema"])}
+    assert required == REQUIRED_IN_FORM
+    # Unmarked, so the description says who needs it.
+    assert fields["state_uri"]["description"].startswith("Required for 'local' and 's3'")
+    assert "required when Login is set" in fields["aws_secret_access_key"]["description"]
+    for name in set(fields) - {"backend", "state_uri", "aws_secret_access_key"}:
+        assert fields[name]["description"].startswith("Optional"), name
+    behaviour = _connection_type()["ui-field-behaviour"]
+    assert "required for the http backend" in behaviour["placeholders"]["password"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "password", "message"),
+    [
+        ({"backend": "local"}, "", "backend 'local' needs 'state_uri' (form field 'State URI')"),
+        ({"backend": "s3"}, "", "backend 's3' needs 'state_uri' (form field 'State URI')"),
+        ({"backend": "http"}, "", "backend 'http' needs the Orchestra API key"),
+    ],
+)
+def test_the_hook_enforces_what_the_form_leaves_unmarked(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, str], password: str, message: str
+) -> None:
+    from airflow_provider_orchestra_dbt.hooks.orchestra_dbt import OrchestraDbtHook
+
+    payload = {"conn_type": CONN_TYPE, "extra": extra, "password": password}
+    monkeypatch.setenv("AIRFLOW_CONN_UNMARKED", json.dumps(payload))
+    with pytest.raises(ValueError, match=r"^Connection 'unmarked': ") as caught:
+        _ = OrchestraDbtHook("unmarked").config
+    assert message in str(caught.value)
 
 
 def test_hook_module_listed() -> None:
@@ -282,6 +324,8 @@ def test_ui_hook_meta(registration: dict[str, Any]) -> None:
     assert meta["extra_fields"]["orchestra_env"]["value"] == "app"
     assert meta["extra_fields"]["timeout"]["value"] == 30
     assert meta["extra_fields"]["aws_secret_access_key"]["schema"]["format"] == "password"
+    served = meta["extra_fields"]
+    assert {n for n, f in served.items() if _marked_required(f["schema"])} == REQUIRED_IN_FORM
     standard = meta["standard_fields"]
     assert standard["password"]["title"] == "API key"
     assert standard["login"]["title"] == "AWS access key id"

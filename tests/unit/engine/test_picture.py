@@ -36,7 +36,11 @@ from support.synthetic_graph import (
 
 from airflow_provider_orchestra_dbt.engine.graph import Graph
 from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult
-from airflow_provider_orchestra_dbt.engine.picture import render_run_html, write_run_html
+from airflow_provider_orchestra_dbt.engine.picture import (
+    render_run_html,
+    skip_causes,
+    write_run_html,
+)
 from airflow_provider_orchestra_dbt.engine.planner import Action, PlanOptions, plan
 from airflow_provider_orchestra_dbt.engine.report import RunReport
 
@@ -189,6 +193,85 @@ class Page(HTMLParser):
     @property
     def all_text(self) -> str:
         return " ".join(" ".join(self.text).split())
+
+
+class Panels(HTMLParser):
+    """Every id and href, and the text of each side panel by its id (panels do not nest)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.ids: list[str] = []
+        self.hrefs: list[str] = []
+        self.panels: dict[str, str] = {}
+        self.links: dict[str, list[str]] = {}  # panel id -> hrefs inside it
+        self._panel: str | None = None
+        self._text: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if attributes.get("id"):
+            self.ids.append(str(attributes["id"]))
+        if "href" in attributes:
+            self.hrefs.append(str(attributes["href"]))
+            if self._panel is not None:
+                self.links[self._panel].append(str(attributes["href"]))
+        if tag == "section" and attributes.get("class") == "panel":
+            self._panel = str(attributes["id"])
+            self.links[self._panel] = []
+            self._text = []
+        if self._panel is not None and tag in ("dt", "dd", "li", "p", "h2", "h3", "br"):
+            self._text.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section" and self._panel is not None:
+            self.panels[self._panel] = "".join(self._text)
+            self._panel = None
+
+    def handle_data(self, data: str) -> None:
+        if self._panel is not None:
+            self._text.append(data)
+
+
+def panel_href(page_text: str, uid: str) -> str:
+    """Where clicking the box of ``uid`` goes."""
+    links = [
+        a.get("href", "")
+        for a in dag(page_text).iter(f"{SVG}a")
+        if any(g.get("data-unique-id") == uid for g in a.findall(f"{SVG}g"))
+    ]
+    assert len(links) == 1 and links[0].startswith("#"), links
+    return links[0]
+
+
+def panel_of(page_text: str, uid: str) -> tuple[str, list[str]]:
+    """The text of the panel the box of ``uid`` links to, and the links in that panel."""
+    panels = Panels(page_text)
+    target = panel_href(page_text, uid)[1:]
+    assert target in panels.panels, f"no panel {target!r}"
+    return panels.panels[target], panels.links[target]
+
+
+def facts(panel_text: str) -> dict[str, str]:
+    """The panel's first list of facts (its node's, before any test's), label -> value."""
+    lines = [line.strip() for line in panel_text.split("\n")]
+    found: dict[str, str] = {}
+    for label, value in pairwise(lines):
+        if label in found or not label:
+            continue
+        if label in (
+            "decision",
+            "reason",
+            "outcome",
+            "dbt status",
+            "execution time",
+            "rows affected",
+            "message",
+            "skipped because",
+        ):
+            found[label] = value
+    return found
 
 
 # -- the picture -------------------------------------------------------------------------------
@@ -386,8 +469,13 @@ def test_nothing_selected_still_renders() -> None:
 def test_the_page_is_self_contained_and_deterministic() -> None:
     page_text = render_run_html(mixed_report())
     assert page_text == render_run_html(mixed_report())
-    assert not re.search(r"(src|href)\s*=", page_text)  # nothing to fetch, even offline
-    assert "<script" not in page_text
+    assert not re.search(r"src\s*=", page_text)  # nothing to fetch, even offline
+    # Links only move within the page, and each one (but "close") has somewhere to go.
+    page = Panels(page_text)
+    assert page.hrefs and all(h.startswith("#") for h in page.hrefs)
+    assert {h[1:] for h in page.hrefs} - {"none"} <= set(page.ids)
+    assert len(page.ids) == len(set(page.ids))
+    assert "<script" not in page_text and not re.search(r"\son\w+\s*=", page_text)
 
 
 def big_graph(n: int, layers: int = 12, seed: int = 7) -> Graph:
@@ -480,5 +568,140 @@ def test_problems_are_listed_worst_first() -> None:
     page_text = render_run_html(mixed_report())
     match = re.search(r"<details class='problems' open>(.*?)</details>", page_text, re.S)
     assert match
-    listed = re.findall(r"<td class='uid'>([^<]+)</td>", match.group(1))
+    listed = re.findall(r"<td class='uid'>(?:<a [^>]*>)?([^<]+)", match.group(1))
     assert listed == [M1, T_SPAN, M2, T_M1]  # failed, then skipped, each in plan order
+
+
+# -- side panels and the causes of skips ---------------------------------------------------------
+
+
+def test_every_box_opens_a_panel_with_what_its_title_says() -> None:
+    page_text = render_run_html(mixed_report())
+    nodes = drawn(dag(page_text), "node")
+    for uid in [*nodes, *drawn(dag(page_text), "source")]:
+        text, _ = panel_of(page_text, uid)
+        assert uid in text
+    text, _ = panel_of(page_text, STG)
+    assert text.split("\n")[1] == "stg_a"  # the name heads the panel
+    assert facts(text) == {
+        "decision": "build",
+        "reason": "code changed (code)",
+        "outcome": "built",
+        "dbt status": "success",
+        "execution time": "1.25s",
+        "rows affected": "7",
+    }
+    failed = facts(panel_of(page_text, M1)[0])
+    assert failed["dbt status"] == "error"
+    assert failed["message"] == 'Runtime Error: relation <x> & "y"'
+    # Panels are shown by CSS alone: hidden until they are the URL's target.
+    assert re.search(r"\.panel \{ display: none;", page_text)
+    assert ".panel:target { display: block; }" in page_text
+
+
+def test_a_panel_lists_the_tests_on_its_node_with_their_reasons() -> None:
+    text, _ = panel_of(render_run_html(mixed_report()), M1)
+    assert "Tests (2)" in text
+    tests = text.split("Tests (2)", 1)[1]
+    assert tests.index("span_m1_s1") < tests.index("not_null_m1")  # failures first
+    assert "failures\n3" in tests and "Got 3 results" in tests
+    assert "reason\nm1 is being built" in tests
+
+
+def test_a_skipped_node_names_the_failure_that_skipped_it() -> None:
+    page_text = render_run_html(mixed_report())
+    text, links = panel_of(page_text, M2)
+    # m1 failed, and so did span_m1_s1, a test on s1, which m2 also reads.
+    assert text.split("skipped because\n", 1)[1].startswith(
+        "m1 failed\ntest span_m1_s1 on m1, s1 failed\n"
+    )
+    assert panel_href(page_text, M1) in links  # the cause links to the failed node's panel
+    tip = title(drawn(dag(page_text), "node")[M2][0])
+    assert f"skipped because: {M1}, {T_SPAN} failed" in tip
+    # A skipped test says so too, in its node's panel (its sibling's failure is no cause),
+    # and so do the tables.
+    tests = panel_of(page_text, M1)[0].split("Tests (2)", 1)[1]
+    assert "skipped because\nm1 failed\n" in tests
+    assert f"skipped because {M1}, {T_SPAN} failed" in Page(page_text).all_text
+    assert f"skipped because {M1} failed" in Page(page_text).all_text
+
+
+def chain_report(results: dict[str, str], nodes: list[Any]) -> RunReport:
+    graph = Graph(nodes)
+    the_plan = plan(graph, list(graph.nodes), {}, fingerprints(), fresh_probe(), PlanOptions())
+    return RunReport(
+        "build",
+        None,
+        1,
+        graph=graph,
+        plan=the_plan,
+        results={uid: NodeResult(uid, status) for uid, status in results.items()},
+    )
+
+
+def test_skip_causes_are_the_nearest_failures_upstream() -> None:
+    a, b, c, d, e, f = (f"model.p.{x}" for x in "abcdef")
+    report = chain_report(
+        {a: "error", b: "error", c: "skipped", d: "success", e: "skipped", f: "skipped"},
+        [
+            source(SRC_A),
+            model(a, SRC_A),
+            model(b, a),  # failed after a failed: the failure nearer c
+            model(c, b),
+            model(d, SRC_A),
+            model(e, c, d),  # skipped through c: its cause is c's
+            model(f, e, a),  # two paths: a directly, b through e and c
+        ],
+    )
+    assert skip_causes(report) == {c: (b,), e: (b,), f: (a, b)}
+
+
+def test_a_failed_test_on_an_upstream_node_is_a_cause() -> None:
+    a, b, c = "model.p.a", "model.p.b", "model.p.c"
+    t_a, t_a2, t_b = "test.p.not_null_a", "test.p.unique_a", "test.p.not_null_b"
+    report = chain_report(
+        {a: "success", t_a: "fail", t_a2: "pass", b: "skipped", t_b: "skipped", c: "skipped"},
+        [
+            source(SRC_A),
+            model(a, SRC_A),
+            model(b, a),
+            model(c, b),
+            dbt_test(t_a, a),
+            dbt_test(t_a2, a),
+            dbt_test(t_b, b),
+        ],
+    )
+    assert skip_causes(report) == {b: (t_a,), t_b: (t_a,), c: (t_a,)}
+    page_text = render_run_html(report)
+    text, links = panel_of(page_text, b)
+    assert facts(text)["skipped because"] == "test not_null_a on a failed"
+    # The panel of a lists the failed test; b's own test was skipped for the same reason.
+    assert set(links) == {"#none", panel_href(page_text, a)}
+
+
+def test_a_skip_without_a_failure_upstream_says_so() -> None:
+    a = "model.p.a"
+    report = chain_report({a: "skipped"}, [source(SRC_A), model(a, SRC_A)])
+    assert skip_causes(report) == {a: ()}
+    text, _ = panel_of(render_run_html(report), a)
+    assert facts(text)["skipped because"] == "no failure upstream of it in this run"
+
+
+def test_odd_names_get_distinct_safe_panel_ids_and_escaped_panels() -> None:
+    odd = ["model.p.<u>x</u>", "model.p.a b", "model.p.a~20b", "model.p.caf\u00e9's"]
+    nodes = [source(SRC_A), *(model(uid, SRC_A) for uid in odd)]
+    report = chain_report({uid: "error" for uid in odd}, nodes)
+    report = with_reason(report, odd[0], EVIL)
+    page_text = render_run_html(report)
+    page = Panels(page_text)
+    assert not {"u", "script"} & set(Page(page_text).tags)
+    targets = set()
+    for uid in odd:
+        text, _ = panel_of(page_text, uid)
+        assert uid in text
+        href = panel_href(page_text, uid)
+        assert re.fullmatch(r"#[A-Za-z0-9._~-]+", href), href
+        targets.add(href)
+    assert len(targets) == len(odd)
+    assert f"reason\n{EVIL}" in panel_of(page_text, odd[0])[0]
+    assert len(page.ids) == len(set(page.ids))

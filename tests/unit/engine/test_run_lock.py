@@ -233,6 +233,7 @@ def test_a_killed_holder_leaves_no_stale_lock(
 def project(tmp_path: Path) -> Path:
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "dbt_project.yml").write_text("name: p\n")
+    (tmp_path / "project" / "profiles.yml").write_text("p: {}\n")
     return tmp_path / "project"
 
 

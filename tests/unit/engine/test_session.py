@@ -14,6 +14,7 @@ from airflow_provider_orchestra_dbt.state import LocalFileStateStore
 
 def test_a_stop_before_the_worker_starts_fails_the_run_and_records_nothing(tmp_path: Path) -> None:
     (tmp_path / "dbt_project.yml").write_text("name: p\n")
+    (tmp_path / "profiles.yml").write_text("p: {}\n")
     state = tmp_path / "state.json"
     session = DbtSession(
         DbtRunConfig.create(project_dir=tmp_path),

@@ -20,6 +20,7 @@ from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtO
 def project(tmp_path: Path) -> Path:
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "dbt_project.yml").write_text("name: p\n")
+    (tmp_path / "project" / "profiles.yml").write_text("p: {}\n")
     return tmp_path / "project"
 
 

@@ -1,0 +1,1 @@
+"""The Airflow UI plugin: serves each try's run picture from the api-server."""

@@ -24,6 +24,9 @@ uv sync --frozen --extra duckdb --quiet
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$repo/.airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$repo/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
+# Airflow's own `dags test` command warns when the optional graphviz package is missing; the
+# tutorial never draws a graph with it.
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Could not import graphviz:UserWarning"
 # Absolute: dbt reads a relative path from the project directory, land_data.py from the
 # working directory.
 export TUTORIAL_DUCKDB_PATH="${TUTORIAL_DUCKDB_PATH:-$AIRFLOW_HOME/tutorial.duckdb}"

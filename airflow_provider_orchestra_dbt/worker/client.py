@@ -122,6 +122,13 @@ class WorkerProcess:
             code = self._proc.wait()
         if self._stderr_thread is not None:
             self._stderr_thread.join(timeout=10)
+        # Only now that nothing reads them: events were drained, and the relay thread has seen
+        # EOF (a grandchild dbt left behind may still hold stderr open; then it stays open).
+        relay_done = self._stderr_thread is None or not self._stderr_thread.is_alive()
+        for pipe in (self._proc.stdout, self._proc.stderr if relay_done else None):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         return code
 
     # -- messages ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import AssetAlias, BaseOperator, BaseOperatorLink
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 NODE_DETAILS_XCOM_KEY = "orchestra_dbt_nodes"
 PICTURE_XCOM_KEY = "orchestra_dbt_picture"
 STATE_FILE_ENV = "ORCHESTRA_DBT_STATE_FILE"
-PICTURE_DIR_ENV = "ORCHESTRA_DBT_PICTURE_DIR"
 PICTURE_BASE_URL_ENV = "ORCHESTRA_DBT_PICTURE_BASE_URL"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -45,26 +44,17 @@ class OrchestraDbtRunPictureLink(BaseOperatorLink):
 
         url = str(BaseXCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
         if url.startswith("file:"):
-            # The UI drops file:// links, so point at the provider's api-server plugin, which
-            # serves the same file, for pictures under the directory it reads.
-            return _plugin_picture_url(url, ti_key) or url
+            # The UI drops file:// links: point at the provider's api-server plugin, which
+            # serves the picture from its picture directory or the state's S3 bucket.
+            return _plugin_picture_url(ti_key)
         return url
 
 
-def _plugin_picture_url(file_url: str, ti_key: Any) -> str | None:
-    from urllib.parse import unquote, urlsplit
-
+def _plugin_picture_url(ti_key: Any) -> str:
     from airflow.configuration import conf
 
-    from airflow_provider_orchestra_dbt.plugins.paths import picture_root, picture_url
+    from airflow_provider_orchestra_dbt.plugins.paths import picture_url
 
-    try:
-        picture = Path(unquote(urlsplit(file_url).path)).resolve()
-        inside = picture.is_relative_to(picture_root().resolve())
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if not inside:
-        return None
     relative = picture_url(
         ti_key.dag_id,
         ti_key.run_id,
@@ -111,10 +101,11 @@ class OrchestraDbtOperator(BaseOperator):
     :param asset_translator: maps dbt nodes to Asset names/URIs/groups.
     :param emit_assets: declare Assets and emit events for rebuilt models (default True).
     :param picture_dir: where each try writes its picture, an HTML graph of the run (default
-        ``$ORCHESTRA_DBT_PICTURE_DIR``, else ``$AIRFLOW_HOME/orchestra_dbt/pictures``).
+        ``$ORCHESTRA_DBT_PICTURE_DIR``, else ``$AIRFLOW_HOME/orchestra_dbt/pictures``); with
+        state on S3 it is also uploaded next to the state object, for the UI plugin.
     :param picture_base_url: URL under which ``picture_dir`` is served, for the task's
-        "dbt run picture" link (default ``$ORCHESTRA_DBT_PICTURE_BASE_URL``; else a
-        ``file://`` link).
+        "dbt run picture" link (default ``$ORCHESTRA_DBT_PICTURE_BASE_URL``; else the
+        provider's UI plugin serves it).
     """
 
     template_fields: Sequence[str] = (
@@ -240,10 +231,15 @@ class OrchestraDbtOperator(BaseOperator):
         if self.emit_assets:
             self._emit_asset_events(context, report)
         summary = report.summary()
+        # Where this task keeps state, for the UI plugin's reuse view and remote pictures.
+        summary["state"] = {
+            "conn_id": self.state_conn_id,
+            "local_file": None if self.state_conn_id else str(default_state_file()),
+        }
         ti = context["ti"]
-        picture = self._write_picture(context, report)
+        picture = self._write_picture(context, report, store)
         if picture is not None:
-            summary["picture"] = str(picture)
+            summary["picture"] = picture
         if self.push_node_details:
             ti.xcom_push(key=NODE_DETAILS_XCOM_KEY, value=report.node_details())
         if not report.success:
@@ -254,33 +250,47 @@ class OrchestraDbtOperator(BaseOperator):
 
     # -- the run's picture --------------------------------------------------------------------
 
-    def _write_picture(self, context: Context, report: RunReport) -> Path | None:
-        """Write the HTML graph of this try; a failure here never fails the run."""
+    def _write_picture(self, context: Context, report: RunReport, store: StateStore) -> str | None:
+        """Write the HTML graph of this try; a failure here never fails the run.
+
+        Returns where it is: the S3 URI when the state is on S3 (so an api-server on another
+        machine can serve it), else the local path.
+        """
         from airflow_provider_orchestra_dbt.engine.picture import write_run_html
+        from airflow_provider_orchestra_dbt.plugins.paths import picture_relative_path, picture_root
 
         ti = context["ti"]
-        root = Path(
-            self.picture_dir
-            or os.environ.get(PICTURE_DIR_ENV)
-            or Path(os.environ.get("AIRFLOW_HOME") or "~/airflow") / "orchestra_dbt" / "pictures"
-        ).expanduser()
-        mapped = f".{ti.map_index}" if getattr(ti, "map_index", -1) >= 0 else ""
-        relative = Path(
-            _safe(ti.dag_id),
-            _safe(ti.run_id),
-            f"{_safe(ti.task_id)}{mapped}.try{ti.try_number}.html",
+        root = Path(self.picture_dir).expanduser() if self.picture_dir else picture_root()
+        relative = picture_relative_path(
+            ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1), ti.try_number
         )
         try:
             path = write_run_html(report, root / relative, title=f"{ti.dag_id} · {ti.task_id}")
         except OSError as exc:
             self.log.warning("Could not write the picture of this run: %s", exc)
             return None
+        location = self._upload_picture(store, path, relative) or str(path)
         base = self.picture_base_url or os.environ.get(PICTURE_BASE_URL_ENV)
         url = f"{base.rstrip('/')}/{relative.as_posix()}" if base else path.as_uri()
         self.log.info("Picture of this run: %s", url)
-        ti.xcom_push(key=PICTURE_XCOM_KEY, value=str(path))
+        ti.xcom_push(key=PICTURE_XCOM_KEY, value=location)
         ti.xcom_push(key=OrchestraDbtRunPictureLink().xcom_key, value=url)
-        return path
+        return location
+
+    def _upload_picture(self, store: StateStore, path: Path, relative: PurePosixPath) -> str | None:
+        from airflow_provider_orchestra_dbt.plugins.paths import remote_picture_key
+        from airflow_provider_orchestra_dbt.state import StateError
+        from airflow_provider_orchestra_dbt.state.s3 import S3StateStore
+
+        if not isinstance(store, S3StateStore):
+            return None
+        key = remote_picture_key(store.key, relative)
+        try:
+            store.write_object(key, path.read_bytes(), "text/html; charset=utf-8")
+        except (OSError, StateError) as exc:
+            self.log.warning("Could not upload the picture of this run: %s", exc)
+            return None
+        return f"s3://{store.bucket}/{key}"
 
     # -- Assets and lineage ----------------------------------------------------------------------
 
@@ -419,11 +429,6 @@ def default_state_file() -> Path:
         return Path(explicit).expanduser()
     home = os.environ.get("AIRFLOW_HOME") or "~/airflow"
     return Path(home).expanduser() / "orchestra_dbt" / "state.json"
-
-
-def _safe(part: str) -> str:
-    """A path component from an Airflow id (run ids hold ':' and '+')."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(part))
 
 
 def _templated(*values: Any) -> bool:

@@ -1,21 +1,27 @@
 """FastAPI app mounted in Airflow's api-server: the run pictures, behind Airflow's own auth.
 
 Pictures are read from the layout the operator writes (``<root>/<dag>/<run>/<task>.try<n>.html``
-under ``$ORCHESTRA_DBT_PICTURE_DIR``, else ``$AIRFLOW_HOME/orchestra_dbt/pictures``), so the
-api-server must see the same directory as the workers.
+under ``$ORCHESTRA_DBT_PICTURE_DIR``, else ``$AIRFLOW_HOME/orchestra_dbt/pictures``) when the
+api-server shares that directory with the workers, else from the task's S3 state bucket, where
+the operator uploads them when it keeps state there.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, status
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from airflow_provider_orchestra_dbt.plugins.paths import picture_root
+from airflow_provider_orchestra_dbt.plugins.paths import (
+    picture_root,
+    remote_picture_key,
+    task_picture_stem,
+    try_file_name,
+)
 
 _TRY_FILE = re.compile(r"\.try(\d+)\.html$")
 # Module level: FastAPI resolves the route functions' (string) annotations in this namespace.
@@ -23,17 +29,13 @@ MapIndex = Annotated[int, Query(ge=-1)]
 TryNumber = Annotated[int, PathParam(ge=1)]
 
 
-def _task_stem(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[Path, str]:
-    """The directory and file-name stem the operator used for this task instance."""
-    from airflow_provider_orchestra_dbt.operators.orchestra_dbt import _safe
-
-    parts = [_safe(dag_id), _safe(run_id)]
-    task = _safe(task_id)
-    # The operator's sanitising keeps dots, so "." and ".." survive it and would climb out.
-    if any(part in {"", ".", ".."} for part in [*parts, task]):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "Invalid dag, run or task id")
-    mapped = f".{map_index}" if map_index >= 0 else ""
-    return picture_root().joinpath(*parts), f"{task}{mapped}"
+def _task_stem(dag_id: str, run_id: str, task_id: str, map_index: int) -> tuple[PurePosixPath, str]:
+    """The directory (relative to a picture root) and file-name stem of this task instance."""
+    try:
+        return task_picture_stem(dag_id, run_id, task_id, map_index)
+    except ValueError:
+        # "." and ".." survive the sanitising and would climb out of the root.
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "Invalid dag, run or task id") from None
 
 
 def _inside_root(path: Path) -> Path:
@@ -63,10 +65,51 @@ def _picture_response(path: Path) -> FileResponse:
 def _not_found(what: str) -> Exception:
     return HTTPException(
         status.HTTP_404_NOT_FOUND,
-        f"No dbt run picture for {what} under this api-server's picture directory; pictures "
-        "are written by the worker, so it must share ORCHESTRA_DBT_PICTURE_DIR with the "
-        "api-server.",
+        f"No dbt run picture for {what}: neither under this api-server's picture directory "
+        f"({picture_root()}) nor next to the task's state on S3. Workers on other machines "
+        "need an S3 state connection (pictures are uploaded next to the state) or a "
+        "directory shared with the api-server as ORCHESTRA_DBT_PICTURE_DIR.",
     )
+
+
+def _remote_picture(
+    dag_id: str, run_id: str, task_id: str, map_index: int, file_name: str | None
+) -> Response | None:
+    """A picture from the task's S3 state bucket (``file_name`` None: the latest one)."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.utils.session import create_session
+
+    from airflow_provider_orchestra_dbt.plugins.task_records import (
+        RETURN_VALUE,
+        latest_xcom,
+        state_store_of,
+    )
+    from airflow_provider_orchestra_dbt.state import StateError
+    from airflow_provider_orchestra_dbt.state.s3 import S3StateStore
+
+    with create_session() as session:
+        summary = latest_xcom(
+            session, RETURN_VALUE, dag_id, task_id, run_id=run_id, map_index=map_index
+        )
+    try:
+        store = state_store_of(summary)
+    except (ValueError, AirflowNotFoundException):  # connection gone or broken: no picture
+        return None
+    if not isinstance(store, S3StateStore):
+        return None
+    directory, stem = _task_stem(dag_id, run_id, task_id, map_index)
+    if file_name is None:
+        latest = summary.get("run", {}).get("try_number") if isinstance(summary, dict) else None
+        if not isinstance(latest, int):
+            return None
+        file_name = try_file_name(stem, latest)
+    try:
+        body = store.read_object(remote_picture_key(store.key, directory / file_name))
+    except StateError as exc:
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
+    if body is None:
+        return None
+    return Response(body, media_type="text/html", headers=_PICTURE_HEADERS)
 
 
 def create_app() -> FastAPI:
@@ -88,7 +131,7 @@ def create_app() -> FastAPI:
     @app.get(
         "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/tries/{try_number}",
         dependencies=can_read,
-        response_class=FileResponse,
+        response_class=Response,
     )
     def run_picture(
         dag_id: str,
@@ -96,28 +139,33 @@ def create_app() -> FastAPI:
         task_id: str,
         try_number: TryNumber,
         map_index: MapIndex = -1,
-    ) -> FileResponse:
+    ) -> Response:
         directory, stem = _task_stem(dag_id, run_id, task_id, map_index)
-        path = _inside_root(directory / f"{stem}.try{try_number}.html")
-        if not path.is_file():
+        name = try_file_name(stem, try_number)
+        path = _inside_root(picture_root() / directory / name)
+        if path.is_file():
+            return _picture_response(path)
+        remote = _remote_picture(dag_id, run_id, task_id, map_index, name)
+        if remote is None:
             raise _not_found(f"{dag_id} / {run_id} / {task_id} try {try_number}")
-        return _picture_response(path)
+        return remote
 
     @app.get(
         "/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/latest",
         dependencies=can_read,
-        response_class=FileResponse,
+        response_class=Response,
     )
     def latest_run_picture(
         dag_id: str,
         run_id: str,
         task_id: str,
         map_index: str = "-1",
-    ) -> FileResponse:
+    ) -> Response:
         # The UI may leave "{MAP_INDEX}" unfilled for an unmapped task; that means -1.
         index = int(map_index) if map_index.lstrip("-").isdigit() else -1
-        directory, stem = _task_stem(dag_id, run_id, task_id, max(index, -1))
-        directory = _inside_root(directory)
+        map_index_ = max(index, -1)
+        relative, stem = _task_stem(dag_id, run_id, task_id, map_index_)
+        directory = _inside_root(picture_root() / relative)
         tries: dict[int, Path] = {}
         if directory.is_dir():
             for candidate in directory.iterdir():
@@ -125,9 +173,12 @@ def create_app() -> FastAPI:
                 # Compare the stem exactly: "t" must not pick up "t.0"'s (mapped) pictures.
                 if match and candidate.name[: match.start()] == stem:
                     tries[int(match.group(1))] = candidate
-        if not tries:
+        if tries:
+            return _picture_response(_inside_root(tries[max(tries)]))
+        remote = _remote_picture(dag_id, run_id, task_id, map_index_, None)
+        if remote is None:
             raise _not_found(f"{dag_id} / {run_id} / {task_id}")
-        return _picture_response(_inside_root(tries[max(tries)]))
+        return remote
 
     signed_in = Depends(get_user)
 
@@ -144,4 +195,48 @@ def create_app() -> FastAPI:
             rows = load_rows(session, dag_ids)
         return HTMLResponse(render_page(rows), headers=_PICTURE_HEADERS)
 
+    @app.get(
+        "/reuse/dags/{dag_id}/tasks/{task_id}",
+        dependencies=can_read,
+        response_class=HTMLResponse,
+    )
+    def task_reuse(dag_id: str, task_id: str) -> HTMLResponse:
+        return HTMLResponse(_task_reuse_page(dag_id, task_id), headers=_PICTURE_HEADERS)
+
     return app
+
+
+def _task_reuse_page(dag_id: str, task_id: str) -> str:
+    """A task's runs, and each model of its latest run with what the state store holds."""
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.utils.session import create_session
+
+    from airflow_provider_orchestra_dbt.plugins.model_state import model_states
+    from airflow_provider_orchestra_dbt.plugins.reuse import load_rows, render_task_page
+    from airflow_provider_orchestra_dbt.plugins.task_records import (
+        NODE_DETAILS,
+        RETURN_VALUE,
+        latest_xcom,
+        state_store_of,
+    )
+    from airflow_provider_orchestra_dbt.state import StateError
+
+    with create_session() as session:
+        rows = load_rows(session, [dag_id], task_id=task_id)
+        summary = latest_xcom(session, RETURN_VALUE, dag_id, task_id)
+        details = latest_xcom(session, NODE_DETAILS, dag_id, task_id)
+    entries: dict[str, Any] = {}
+    try:
+        store = state_store_of(summary)
+        if store is None:
+            note = "This task's runs do not say where it keeps state (run it with this version)."
+        else:
+            entries = dict(store.load().entries)
+            note = f"State read from {store.description} just now."
+    # The messages name the store or connection, never a secret.
+    except (StateError, ValueError, AirflowNotFoundException) as exc:
+        note = f"Could not read this task's state: {exc}"
+    if not isinstance(details, list):
+        details = []
+        note += " The latest run pushed no node details (push_node_details=False)."
+    return render_task_page(dag_id, task_id, rows, model_states(details, entries), note)

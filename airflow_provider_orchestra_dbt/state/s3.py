@@ -235,6 +235,38 @@ class S3StateStore:
             raise self._error("cannot check the bucket", exc) from None
         return f"no state object yet at {self.uri}; bucket reachable"
 
+    def write_object(self, key: str, body: bytes, content_type: str) -> None:
+        """Write another object of the state's bucket (a run picture), with the same client.
+
+        Raises:
+            StateError: the write failed.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._get_client().put_object(
+                Bucket=self._bucket, Key=key, Body=body, ContentType=content_type
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(f"cannot write {_URI_SCHEME}{self._bucket}/{key}", exc) from None
+
+    def read_object(self, key: str) -> bytes | None:
+        """Read another object of the state's bucket; ``None`` when there is no such key.
+
+        Raises:
+            StateError: the read failed otherwise.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self._get_client().get_object(Bucket=self._bucket, Key=key)
+            data: bytes = response["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            if _error_code(exc) in _NO_SUCH_KEY_CODES:
+                return None
+            raise self._error(f"cannot read {_URI_SCHEME}{self._bucket}/{key}", exc) from None
+        return data
+
     def _read(self) -> tuple[StateDocument, str | None]:
         """Return the stored document and its ETag, or an empty one and ``None``."""
         from botocore.exceptions import BotoCoreError, ClientError

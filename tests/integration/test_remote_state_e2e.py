@@ -76,6 +76,8 @@ def test_tutorial_dag_keeps_state_behind_a_connection_and_leaks_no_secret(
             connection, remote_entries = http_backend(cleanup)
         else:
             connection, remote_entries = s3_backend(cleanup, s3_server)
+            bucket = connection["extra"]["state_uri"].removeprefix("s3://").split("/")[0]
+            s3_client = s3_server.params(bucket).client()
         ws = baseline.copy_to(tmp_path / "ws")
         ws.state_file.unlink()  # the state lives behind the connection, not in a local file
         env = tutorial_env(ws) | {
@@ -92,6 +94,15 @@ def test_tutorial_dag_keeps_state_behind_a_connection_and_leaks_no_secret(
         summary = airflow_env.xcom(DAG, "dbt_build", logical_date="2026-03-02")
         # Only fct_daily_revenue reads the (new) data interval.
         assert summary["counts"]["built"] == 1 and summary["counts"]["reused"] == 14
+        # The state names itself for the UI plugin; a picture on S3 is there for any api-server.
+        assert summary["state"] == {"conn_id": CONN_ID, "local_file": None}
+        if backend == "s3":
+            assert summary["picture"].startswith(f"s3://{bucket}/dbt/orchestra_dbt_pictures/{DAG}/")
+            key = summary["picture"].removeprefix(f"s3://{bucket}/")
+            picture = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            assert "fct_daily_revenue" in picture
+        else:
+            assert not summary["picture"].startswith("s3://")
 
         secret = API_KEY if backend == "http" else AWS_SECRET
         leaks = {

@@ -57,11 +57,13 @@ def test_served_pictures_keep_their_url(root: Path, monkeypatch: pytest.MonkeyPa
     assert _link(monkeypatch, served) == served
 
 
-def test_picture_outside_the_plugins_directory_keeps_its_file_url(
+def test_picture_written_elsewhere_still_links_to_the_plugin(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A worker's own picture_dir (or another machine's path): the UI would drop the file://
+    # link, while the plugin serves it from S3 or says where it looked.
     elsewhere = (tmp_path / "custom" / "build.try2.html").as_uri()
-    assert _link(monkeypatch, elsewhere) == elsewhere
+    assert _link(monkeypatch, elsewhere) == f"/{PLUGIN_PATH}/tasks/build/tries/2"
 
 
 def test_no_picture_no_link(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

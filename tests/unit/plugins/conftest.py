@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -54,3 +56,81 @@ def bearer(auth_manager: Any) -> Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {auth_manager.generate_jwt(user)}"}
 
     return headers
+
+
+START = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def task_runs(auth_manager: Any) -> Iterator[Callable[..., None]]:
+    """Adds a DAG run with one task instance and its XComs to the test DB; removes them after."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, insert, select
+
+    def add(
+        dag_id: str,
+        run: int,
+        xcoms: Mapping[str, Any],
+        *,
+        task_id: str = "dbt_build",
+        operator: str = "OrchestraDbtOperator",
+    ) -> None:
+        run_id, when = f"scheduled__{run}", START + timedelta(days=run)
+        with create_session() as session:
+            session.execute(
+                insert(DagRun.__table__).values(
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    run_type="scheduled",
+                    logical_date=when,
+                    run_after=when,
+                    state="success",
+                    clear_number=0,
+                    updated_at=when,
+                )
+            )
+            dag_run_id = session.scalar(
+                select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            )
+            session.execute(
+                insert(TaskInstance.__table__).values(
+                    id=uuid.uuid4(),
+                    dag_id=dag_id,
+                    run_id=run_id,
+                    task_id=task_id,
+                    map_index=-1,
+                    operator=operator,
+                    try_number=1,
+                    pool="default_pool",
+                    pool_slots=1,
+                    queue="default",
+                    priority_weight=1,
+                    max_tries=0,
+                    hostname="",
+                    unixname="",
+                    executor_config=b"",
+                    custom_operator_name="",
+                    span_status="not_started",
+                )
+            )
+            for key, value in xcoms.items():
+                session.execute(
+                    insert(XComModel.__table__).values(
+                        dag_run_id=dag_run_id,
+                        dag_id=dag_id,
+                        run_id=run_id,
+                        task_id=task_id,
+                        map_index=-1,
+                        key=key,
+                        value=value,
+                        timestamp=when,
+                    )
+                )
+
+    yield add
+    with create_session() as session:
+        for table in (XComModel, TaskInstance, DagRun):
+            session.execute(delete(table.__table__))

@@ -40,6 +40,7 @@ def test_extra_link_of_a_written_picture_is_served_by_the_plugin(
         xcom_push=lambda key, value: pushed.__setitem__(key, value),
     )
     operator = mock.Mock(picture_dir=None, picture_base_url=None)
+    operator._upload_picture.return_value = None  # state not on S3
 
     def write_run_html(report: Any, path: Path, title: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,7 @@ def test_extra_link_of_a_written_picture_is_served_by_the_plugin(
         return path
 
     with mock.patch("airflow_provider_orchestra_dbt.engine.picture.write_run_html", write_run_html):
-        OrchestraDbtOperator._write_picture(operator, {"ti": ti}, mock.Mock())  # type: ignore[arg-type, typeddict-item]
+        OrchestraDbtOperator._write_picture(operator, {"ti": ti}, mock.Mock(), mock.Mock())  # type: ignore[arg-type, typeddict-item]
     link = OrchestraDbtRunPictureLink()
     monkeypatch.setattr(BaseXCom, "get_value", lambda *, ti_key, key: pushed[key])
     url = link.get_link(operator=operator, ti_key=ti)

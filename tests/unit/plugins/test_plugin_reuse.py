@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from airflow_provider_orchestra_dbt.plugins.reuse import (
 )
 
 Bearer = Callable[..., dict[str, str]]
-START = datetime(2026, 2, 1, tzinfo=UTC)
+AddRun = Callable[..., None]
 
 
 def _summary(built: int, reused: int, failed: int = 0, saved: float = 0.0) -> dict[str, Any]:
@@ -28,75 +26,13 @@ def _summary(built: int, reused: int, failed: int = 0, saved: float = 0.0) -> di
 
 
 @pytest.fixture
-def runs(auth_manager: Any) -> Iterator[None]:
+def runs(task_runs: AddRun) -> None:
     """Three runs of a dbt task in "shop", one in "secret", and another operator's XCom."""
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import delete, insert, select
-
-    def add(dag_id: str, run: int, operator: str, value: Any) -> None:
-        run_id, when = f"scheduled__{run}", START + timedelta(days=run)
-        session.execute(
-            insert(DagRun.__table__).values(
-                dag_id=dag_id,
-                run_id=run_id,
-                run_type="scheduled",
-                logical_date=when,
-                run_after=when,
-                state="success",
-                clear_number=0,
-                updated_at=when,
-            )
-        )
-        dag_run_id = session.scalar(
-            select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
-        )
-        session.execute(
-            insert(TaskInstance.__table__).values(
-                id=uuid.uuid4(),
-                dag_id=dag_id,
-                run_id=run_id,
-                task_id="dbt_build",
-                map_index=-1,
-                operator=operator,
-                try_number=1,
-                pool="default_pool",
-                pool_slots=1,
-                queue="default",
-                priority_weight=1,
-                max_tries=0,
-                hostname="",
-                unixname="",
-                executor_config=b"",
-                custom_operator_name="",
-                span_status="not_started",
-            )
-        )
-        session.execute(
-            insert(XComModel.__table__).values(
-                dag_run_id=dag_run_id,
-                dag_id=dag_id,
-                run_id=run_id,
-                task_id="dbt_build",
-                map_index=-1,
-                key="return_value",
-                value=value,
-                timestamp=when,
-            )
-        )
-
-    with create_session() as session:
-        add("shop", 1, "OrchestraDbtOperator", _summary(10, 0, saved=0))
-        add("shop", 2, "OrchestraDbtOperator", _summary(2, 8, saved=95.5))
-        add("shop", 3, "OrchestraDbtOperator", _summary(1, 8, failed=1, saved=90))
-        add("secret", 1, "OrchestraDbtOperator", _summary(3, 3, saved=7))
-        add("other", 1, "PythonOperator", {"counts": {"built": 99}})
-    yield
-    with create_session() as session:
-        for table in (XComModel, TaskInstance, DagRun):
-            session.execute(delete(table.__table__))
+    task_runs("shop", 1, {"return_value": _summary(10, 0, saved=0)})
+    task_runs("shop", 2, {"return_value": _summary(2, 8, saved=95.5)})
+    task_runs("shop", 3, {"return_value": _summary(1, 8, failed=1, saved=90)})
+    task_runs("secret", 1, {"return_value": _summary(3, 3, saved=7)})
+    task_runs("other", 1, {"return_value": {"counts": {"built": 99}}}, operator="PythonOperator")
 
 
 def test_rows_come_from_dbt_tasks_of_the_given_dags_oldest_first(runs: None) -> None:

@@ -8,7 +8,17 @@ the next run waits (bounded, interruptible), then plans on what the first one bu
 
 The holder writes who it is into the lock file (pid, host, start time and a label such as
 the Airflow task), so a waiting run can say whom it waits for. The lock is released by the
-kernel if the holder dies, so a crashed run never blocks the next one. No Airflow imports.
+kernel once its holders are gone, so a crashed run never blocks the next one.
+
+The holders are the run *and its dbt worker*: the run opens the file before it starts the
+worker and hands the worker that descriptor (``open``). A ``flock`` belongs to the open file
+description, not to a process, so the lock taken on it later is held by every process with a
+copy and is free only when the last copy is closed. A run killed outright (SIGKILL by the
+OOM killer, a lost node) thus leaves the lock taken until its worker, which may still be
+writing to the warehouse for a moment, has died too (the worker dies with its parent, see
+``worker/dbt_worker.py``). A lock the worker took on its own file would not do: the parent
+could not wait for it, and a worker that has not started yet would hold nothing. No Airflow
+imports.
 """
 
 from __future__ import annotations
@@ -92,7 +102,8 @@ class RunLock:
 
     ``acquire`` waits at most ``timeout`` seconds (0: do not wait) and returns early with
     :class:`RunLockStopped` once ``stop`` is set. Use as a context manager or call
-    ``acquire``/``release``; ``release`` is idempotent.
+    ``acquire``/``release``; ``release`` is idempotent. ``open`` first to share the lock with
+    a child process.
     """
 
     def __init__(
@@ -112,11 +123,23 @@ class RunLock:
         self.log = log
         self._stop = stop
         self._fd: int | None = None
+        self._locked = False
         self._writable = False
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._locked
+
+    def open(self) -> int:
+        """Open the lock file (once) without locking it; returns the descriptor.
+
+        A child process started with this descriptor (``pass_fds``) shares the lock that
+        ``acquire`` takes on it later: the lock stays taken while the child keeps the
+        descriptor, even after this process has died or called ``release``.
+        """
+        if self._fd is None:
+            self._fd = self._open()
+        return self._fd
 
     def holder(self) -> Holder | None:
         """Who holds the lock now, as far as the lock file says."""
@@ -128,9 +151,9 @@ class RunLock:
 
     def acquire(self) -> float:
         """Take the lock; returns the seconds spent waiting for another run."""
-        if self._fd is not None:
+        if self._locked:
             raise RunLockError(f"the run lock {self.path} is already held by this run")
-        fd = self._open()
+        fd = self.open()
         announced: list[str] = []
 
         def on_wait(waited: float) -> None:
@@ -165,7 +188,7 @@ class RunLock:
                 max_interval=_MAX_POLL,
             )
         except LockTimeout as exc:
-            os.close(fd)
+            self.release()
             holder = self.holder()
             raise RunLockError(
                 f"another run of {self.what} holds its run lock {self.path}: "
@@ -174,12 +197,12 @@ class RunLock:
                 "target take turns on a machine: raise lock_timeout to wait longer"
             ) from None
         except LockInterrupted:
-            os.close(fd)
+            self.release()
             raise RunLockStopped(f"stopped while waiting for the run lock of {self.what}") from None
         except OSError as exc:
-            os.close(fd)
+            self.release()
             raise RunLockError(f"cannot lock {self.path}: {exc}") from exc
-        self._fd = fd
+        self._locked = True
         if self._writable:
             with contextlib.suppress(OSError):  # the description is a courtesy to waiters
                 os.ftruncate(fd, 0)
@@ -189,14 +212,16 @@ class RunLock:
         return waited
 
     def release(self) -> None:
+        """Close our descriptor: the lock is free once no child holds a copy either."""
         fd, self._fd = self._fd, None
+        locked, self._locked = self._locked, False
         if fd is None:
             return
-        if self._writable:
+        if locked and self._writable:
             # Waiters must not read our description once we are gone.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-        os.close(fd)  # closing the descriptor releases the lock
+        os.close(fd)
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -6,7 +6,8 @@ and whatever finished before the interruption is still recorded.
 
 Runs of the same project and target on one machine take turns (``engine/run_lock.py``): a
 run holds the lock from before it reads the state until its worker has exited, so the next
-run plans on what this one built and never meets it in the warehouse.
+run plans on what this one built and never meets it in the warehouse. The worker shares the
+lock's descriptor, so even a run killed outright keeps it until its worker has died too.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class DbtSession:
                     self._worker.close()
             finally:
                 # Only now: DuckDB's file lock is the worker's until that process has exited.
+                # (Should close() fail, the worker's copy keeps the run lock until it is gone.)
                 if self._run_lock is not None:
                     self._run_lock.release()
                     self._run_lock = None
@@ -147,6 +149,8 @@ class DbtSession:
 
     def _stateful(self, run_dir: Path, target_path: Path) -> RunReport:
         config = self.config
+        # Opened before the worker starts, so that it shares the lock taken below.
+        self._open_run_lock()
         # Parsing and selection touch neither the warehouse nor the state (dbt-duckdb does not
         # open its file to parse), so the worker does them while this run may still wait.
         worker = self._start_worker(run_dir, target_path, state_aware=True)
@@ -238,8 +242,10 @@ class DbtSession:
 
     # -- pieces --------------------------------------------------------------------------------
 
-    def _lock_run(self) -> None:
-        """Wait for other runs of this project and target; held until ``run`` ends."""
+    def _open_run_lock(self) -> RunLock:
+        """The run lock, opened but not yet taken; ``run`` closes it when it ends."""
+        if self._run_lock is not None:
+            return self._run_lock
         config = self.config
         label = " ".join(
             [f"dbt {config.command}", *(f"{k}={v}" for k, v in config.run_info.items())]
@@ -253,6 +259,17 @@ class DbtSession:
             stop=self._stopped,
         )
         try:
+            lock.open()
+        except RunLockError as exc:
+            raise DbtRunError(str(exc)) from None
+        self._run_lock = lock
+        return lock
+
+    def _lock_run(self) -> None:
+        """Wait for other runs of this project and target; held until ``run`` ends."""
+        config = self.config
+        lock = self._open_run_lock()
+        try:
             lock.acquire()
         except RunLockStopped:
             raise DbtRunError(
@@ -261,7 +278,6 @@ class DbtSession:
             ) from None
         except RunLockError as exc:
             raise DbtRunError(str(exc)) from None
-        self._run_lock = lock
 
     def _load_state(self) -> StateEntries:
         if self.store is None:
@@ -351,6 +367,7 @@ class DbtSession:
             python=config.python,
             env=self._worker_env(),
             on_output=lambda line: self.log.info("dbt | %s", line),
+            lock_fd=self._run_lock.open() if self._run_lock is not None else None,
         )
         self._worker = worker
         try:

@@ -76,7 +76,7 @@ def _remote_picture(
     dag_id: str, run_id: str, task_id: str, map_index: int, file_name: str | None
 ) -> Response | None:
     """A picture from the task's S3 state bucket (``file_name`` None: the latest one)."""
-    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk.exceptions import AirflowNotFoundException
     from airflow.utils.session import create_session
 
     from airflow_provider_orchestra_dbt.plugins.task_records import (
@@ -208,7 +208,7 @@ def create_app() -> FastAPI:
 
 def _task_reuse_page(dag_id: str, task_id: str) -> str:
     """A task's runs, and each model of its latest run with what the state store holds."""
-    from airflow.exceptions import AirflowNotFoundException
+    from airflow.sdk.exceptions import AirflowNotFoundException
     from airflow.utils.session import create_session
 
     from airflow_provider_orchestra_dbt.plugins.model_state import model_states

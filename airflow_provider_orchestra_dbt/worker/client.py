@@ -30,10 +30,21 @@ class WorkerError(RuntimeError):
 
 
 class WorkerProcess:
-    """One dbt worker subprocess in its own process group.
+    """One dbt worker subprocess in its own process group, which dies with this process.
 
     dbt's console output arrives on the worker's stderr and is handed line by line to
     ``on_output``; protocol messages arrive on stdout.
+
+    The worker must not outlive us: killed outright (SIGKILL by the OOM killer, a lost node),
+    we can neither stop it nor record what it did, and it would go on writing to the
+    warehouse. So it asks the kernel to SIGKILL it when we die (Linux), and a watchdog it
+    forks ends it and its process group once the lifeline, a pipe only we write to, reads
+    end-of-file (anywhere). On Linux the kernel's signal comes when the *thread* that called
+    ``start`` ends, not the process: call ``start`` from a thread that lives as long as the
+    run (``DbtSession.run`` does, being synchronous).
+
+    ``lock_fd`` (the run lock's descriptor, ``RunLock.open``) is handed down, so the lock is
+    free only once the worker and its watchdog have gone as well as this process.
     """
 
     def __init__(
@@ -43,11 +54,14 @@ class WorkerProcess:
         env: Mapping[str, str],
         on_output: Callable[[str], None],
         stop_grace_seconds: float = 30.0,
+        lock_fd: int | None = None,
     ) -> None:
         self._python = python or sys.executable
         self._env = dict(env)
         self._on_output = on_output
         self._stop_grace = stop_grace_seconds
+        self._lock_fd = lock_fd
+        self._lifeline: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr_thread: threading.Thread | None = None
         self._tail: deque[str] = deque(maxlen=30)
@@ -56,20 +70,33 @@ class WorkerProcess:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Not stdin: we close that at the end of a normal run, while the worker still exits.
+        # Our end is not inherited, so only our death (or close()) ends the lifeline.
+        lifeline, self._lifeline = os.pipe()
+        argv = [self._python, str(WORKER_SCRIPT), "--parent", str(os.getpid())]
+        argv += ["--lifeline", str(lifeline)]
+        handed = [lifeline]
+        if self._lock_fd is not None:
+            argv += ["--lock-fd", str(self._lock_fd)]
+            handed.append(self._lock_fd)
         try:
             self._proc = subprocess.Popen(
-                [self._python, str(WORKER_SCRIPT)],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=self._env,
                 # Own process group: stopping the task stops dbt and anything dbt started.
                 start_new_session=True,
+                pass_fds=handed,
             )
         except OSError as exc:
+            self._close_lifeline()
             raise WorkerError(
                 "start", f"cannot start the dbt worker with python {self._python!r}: {exc}"
             ) from exc
+        finally:
+            os.close(lifeline)
         self._stderr_thread = threading.Thread(
             target=self._relay_stderr, name="orchestra-dbt-worker-stderr", daemon=True
         )
@@ -129,7 +156,15 @@ class WorkerProcess:
             if pipe is not None:
                 with contextlib.suppress(OSError):
                     pipe.close()
+        # After the worker's exit, so its watchdog has already been told to stand down.
+        self._close_lifeline()
         return code
+
+    def _close_lifeline(self) -> None:
+        fd, self._lifeline = self._lifeline, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # -- messages ------------------------------------------------------------------------------
 

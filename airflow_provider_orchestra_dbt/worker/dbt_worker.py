@@ -28,15 +28,17 @@ import io
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import sys
 import tempfile
+import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 # Bumped on any change to the messages below; the parent checks it (worker/compat.py).
 PROTOCOL_VERSION = 1
@@ -1174,7 +1176,142 @@ def _exit_now(code: int) -> None:
             stream.flush()
     logging.shutdown()
     _release_semaphores()
+    _stand_down_watchdog()
     os._exit(code)
+
+
+# -- dying with the parent -------------------------------------------------------------------
+#
+# A parent killed outright (SIGKILL: the OOM killer, a lost node) can neither stop dbt nor
+# record what it did, so dbt must not go on writing to the warehouse. Two mechanisms, because
+# neither covers everything alone:
+#
+# * Linux: prctl(PR_SET_PDEATHSIG, SIGKILL) has the kernel kill this process the moment the
+#   parent thread that started it ends, even while it is deep in a warehouse query.
+# * Anywhere: a watchdog forked at start, before dbt is imported, waits on the lifeline (a
+#   pipe only the parent writes to, so end-of-file means the parent is gone) and on a pipe
+#   from this process. It also ends what dbt started in this process group, which a death
+#   signal does not reach. It leaves the group so that the parent's stop() signals meant
+#   for dbt miss it and so that it can tell when the group is empty.
+#
+# The watchdog keeps the run lock's descriptor (the parent's lock, shared, see
+# engine/run_lock.py) until the group is empty: the next run starts only once nothing of
+# this one can touch the warehouse.
+
+# prctl(2) option: the signal to get when the parent thread ends.
+_PR_SET_PDEATHSIG = 1
+# Sent to the watchdog just before a normal exit: what is left (multiprocessing's resource
+# tracker, on its way out) is to be left alone.
+_STAND_DOWN = b"."
+# How long what dbt started gets to end on SIGTERM before SIGKILL. multiprocessing's resource
+# tracker ignores SIGTERM and exits within milliseconds of dbt, after removing dbt's named
+# semaphores, which a SIGKILL would leave behind in /dev/shm. Also the longest the run lock
+# outlives the worker: the dead worker counts as a member of its group until reaped, which
+# an init that does not reap orphans never does.
+_GROUP_GRACE = 0.3
+# The watchdog's pid and the pipe to it.
+_watchdog: tuple[int, int] | None = None
+
+
+def die_with_parent(argv: Sequence[str]) -> None:
+    """Arrange to die with the parent named by ``--parent``, whose ``--lifeline`` we read.
+
+    Without them (started by hand, or by a test), does nothing. Call before any thread
+    starts: it forks.
+    """
+    options = dict(zip(argv[::2], argv[1::2], strict=False))
+    if "--parent" not in options or "--lifeline" not in options:
+        return
+    parent, lifeline = int(options["--parent"]), int(options["--lifeline"])
+    lock_fd = int(options["--lock-fd"]) if "--lock-fd" in options else None
+    if lock_fd is not None:
+        # Kept open, not used; but not by what dbt runs: a stray daemon would hold it forever.
+        os.set_inheritable(lock_fd, False)
+    _parent_death_signal(signal.SIGKILL)
+    # The parent may have died before the line above: the kernel would never tell us.
+    if os.getppid() != parent:
+        os._exit(1)
+    global _watchdog
+    worker, group = os.getpid(), os.getpgrp()
+    watched, tell = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(tell)
+        _watch(worker, group if group == worker else None, lifeline, watched)
+    os.close(watched)
+    os.close(lifeline)
+    _watchdog = (pid, tell)
+
+
+def _parent_death_signal(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
+    except (OSError, AttributeError):  # no libc to speak of: the watchdog still works
+        return False
+
+
+def _watch(worker: int, group: int | None, lifeline: int, watched: int) -> NoReturn:
+    """The watchdog: ends the worker and its group if the parent dies or the worker crashes.
+
+    ``group`` is None when the worker does not lead its own group: then only it is killed.
+    """
+    try:
+        if group is not None:
+            # Failing that, we are in the group: end it all the same, ourselves included.
+            with contextlib.suppress(OSError):
+                os.setpgid(0, 0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # pipes the parent reads to their end: not held open by us
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        poller = select.poll()  # not select(): descriptors may be numbered above 1023
+        poller.register(watched, select.POLLIN)
+        poller.register(lifeline, select.POLLIN)
+        ready = {fd for fd, _ in poller.poll()}
+        if watched in ready and os.read(watched, 1) == _STAND_DOWN:
+            os._exit(0)
+        # The parent is gone and the worker lives on (while it is still our parent, that is:
+        # once reaped, its pid may be another process's).
+        if watched not in ready and os.getppid() == worker:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+        if group is not None:
+            # Also after a crash of the worker alone: what it started is nobody's now.
+            _end_group(group)
+    finally:
+        os._exit(0)
+
+
+def _end_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + _GROUP_GRACE
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+
+
+def _stand_down_watchdog() -> None:
+    if _watchdog is None:
+        return
+    pid, tell = _watchdog
+    with contextlib.suppress(OSError):
+        os.write(tell, _STAND_DOWN)
+        # Waited for, because it holds the run lock: once the parent has seen us exit, the
+        # next run (even one with lock_timeout 0) must find the lock free.
+        os.waitpid(pid, 0)
 
 
 def _release_semaphores() -> None:
@@ -1197,4 +1334,5 @@ def _release_semaphores() -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent(sys.argv[1:])
     _exit_now(main())

@@ -16,13 +16,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from support.airflow_env import children, wait_for
+from support.airflow_env import Proc, children, processes, wait_for
 from support.tutorial import Workspace, plain_dbt_build, tree_digest
+
+from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.engine.session import run_lock_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc"
@@ -75,21 +79,39 @@ def state_lock_held(ws: Workspace) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def reference_copy(ws: Workspace, tmp_path: Path) -> Path:
+    """The warehouse as it is now, for a plain ``dbt build`` to compare with."""
+    reference_warehouse = tmp_path / "plain" / "tutorial.duckdb"
+    reference_warehouse.parent.mkdir()
+    shutil.copy(ws.warehouse, reference_warehouse)
+    return reference_warehouse
+
+
+def next_run_equals_plain_build(ws: Workspace, tmp_path: Path, reference: Path) -> None:
+    report = ws.run()  # the next run, at normal speed
+    assert {"fast_parent", "slow_child", "stg_orders"} <= {
+        u.split(".")[-1] for u in report["built"]
+    }
+    assert ws.tables() == plain_dbt_build(ws, reference, tmp_path / "plain", unset=(SLOW_ENV,))
+
+
+def slow_child_running(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """Wait until the slow model is being built; returns the worker's pid."""
+    finished = re.compile(r"SUCCESS\s+model\.orchestra_tutorial\.fast_parent\b")
+    wait_for(lambda: finished.search(log.read_text()), 300, "fast_parent to finish")
+    return wait_for(lambda: worker_of(proc), 30, "the dbt worker")
+
+
 def test_sigkill_of_the_worker_mid_build(ws: Workspace, tmp_path: Path) -> None:
     add_slow_models(ws)
     ws.append("orders")
     digest, state = tree_digest(ws.project), ws.state_file.read_bytes()
-    reference_warehouse = tmp_path / "plain" / "tutorial.duckdb"
-    reference_warehouse.parent.mkdir()
-    shutil.copy(ws.warehouse, reference_warehouse)
+    reference = reference_copy(ws, tmp_path)
 
     log = tmp_path / "killed.log"
     proc = start_cli(ws, log, **{SLOW_ENV: "1"})
     try:
-        finished = re.compile(r"SUCCESS\s+model\.orchestra_tutorial\.fast_parent\b")
-        wait_for(lambda: finished.search(log.read_text()), 300, "fast_parent to finish")
-        worker = wait_for(lambda: worker_of(proc), 30, "the dbt worker")
-        os.kill(worker, signal.SIGKILL)
+        os.kill(slow_child_running(proc, log), signal.SIGKILL)
         assert proc.wait(timeout=60) == 2
     finally:
         if proc.poll() is None:
@@ -98,14 +120,67 @@ def test_sigkill_of_the_worker_mid_build(ws: Workspace, tmp_path: Path) -> None:
     assert "the dbt worker exited unexpectedly (exit code -9)" in output
     assert ws.state_file.read_bytes() == state, "a crashed run must not record anything"
     assert tree_digest(ws.project) == digest
+    next_run_equals_plain_build(ws, tmp_path, reference)
 
-    report = ws.run()  # the next run, at normal speed
-    assert {"fast_parent", "slow_child", "stg_orders"} <= {
-        u.split(".")[-1] for u in report["built"]
-    }
-    assert ws.tables() == plain_dbt_build(
-        ws, reference_warehouse, tmp_path / "plain", unset=(SLOW_ENV,)
-    )
+
+def of_the_run(cli: int, worker: int) -> list[Proc]:
+    """What is left of a run whose CLI had pid ``cli``: its worker, the worker's watchdog
+    (both name the CLI in their command line) and anything in the worker's process group."""
+    return [p for p in processes() if p.pgid == worker or names_cli(p, cli)]
+
+
+def names_cli(proc: Proc, cli: int) -> bool:
+    return f"dbt_worker.py --parent {cli} " in f"{proc.cmdline} "
+
+
+def test_sigkill_of_the_cli_mid_build_takes_dbt_and_then_the_lock_with_it(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """What the OOM killer or a lost node does to a task: dbt must not go on writing to the
+    warehouse, and the next run must not start before it has stopped."""
+    add_slow_models(ws)
+    ws.append("orders")
+    digest, state = tree_digest(ws.project), ws.state_file.read_bytes()
+    reference = reference_copy(ws, tmp_path)
+    lock_path = run_lock_path(DbtRunConfig.create(project_dir=ws.project, profiles_dir=ws.project))
+
+    log = tmp_path / "killed.log"
+    proc = start_cli(ws, log, **{SLOW_ENV: "1"})
+    worker: int | None = None
+    try:
+        worker = slow_child_running(proc, log)
+        named = [p for p in of_the_run(proc.pid, worker) if names_cli(p, proc.pid)]
+        assert len(named) == 2, f"the worker and its watchdog, not {named}"
+        proc.kill()
+        killed = time.monotonic()
+        proc.wait(timeout=30)
+        with lock_path.open("rb") as handle:
+            # Polled: nothing of the run lives 1s after the kill, and the lock comes free
+            # (within a bound) but never while anything of it lives.
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    waited = time.monotonic() - killed
+                    left = of_the_run(proc.pid, worker)
+                    assert waited < 1.0 or not left, f"alive 1s after the CLI's death: {left}"
+                    assert waited < 30, "the run lock is still taken 30s after the CLI's death"
+                    time.sleep(0.01)
+                    continue
+                left = of_the_run(proc.pid, worker)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                assert left == [], "the run lock came free while the run lived on"
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        # A failed probe must not leave minutes of DuckDB work behind.
+        for leftover in of_the_run(proc.pid, worker) if worker else []:
+            with suppress(ProcessLookupError):
+                os.kill(leftover.pid, signal.SIGKILL)
+    assert ws.state_file.read_bytes() == state, "a killed run must not record anything"
+    assert tree_digest(ws.project) == digest
+    next_run_equals_plain_build(ws, tmp_path, reference)
 
 
 def test_sigkill_of_the_parent_while_it_saves_state(ws: Workspace, tmp_path: Path) -> None:

@@ -200,6 +200,9 @@ def holder_process(path: Path) -> Iterator[subprocess.Popen[str]]:
     finally:
         proc.kill()
         proc.wait(BOUND)
+        for pipe in (proc.stdin, proc.stdout):  # left to the collector, they would warn
+            if pipe is not None:
+                pipe.close()
 
 
 def test_a_lock_held_by_another_process_is_waited_for_and_named(

@@ -340,6 +340,8 @@ class DbtSession:
                     result.status,
                     result.unique_id,
                 )
+        elif event.get("type") == "dbt_log":
+            self.log.warning("dbt | %s", event.get("message"))
         elif event.get("type") == "selection_unmatched":
             self._unmatched_criterion(str(event.get("criterion")))
         elif event.get("type") == "dotenv_loaded":

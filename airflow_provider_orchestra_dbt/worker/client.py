@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 WORKER_SCRIPT = Path(__file__).with_name("dbt_worker.py")
-EVENT_TYPES = frozenset({"node_start", "node_finished", "selection_unmatched", "dotenv_loaded"})
+EVENT_TYPES = frozenset(
+    {"node_start", "node_finished", "selection_unmatched", "dotenv_loaded", "dbt_log"}
+)
 
 
 class WorkerError(RuntimeError):

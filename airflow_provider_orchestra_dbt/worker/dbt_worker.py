@@ -377,10 +377,12 @@ class DbtSession:
         args += ["--select", "result:error", "--state", selection_dir]
         args += ["--indirect-selection", "empty", *self._run_options(r["command"])]
         dbt_args = list(r.get("dbt_args") or [])
-        if not any(a.split("=", 1)[0] in ("--log-level", "-q", "--quiet") for a in dbt_args):
-            # The parent logs one line per node; dbt's console adds warnings and errors only.
-            args += ["--log-level", "warn"]
-        return self._run_dbt(args + dbt_args)
+        if any(a.split("=", 1)[0] in ("--log-level", "-q", "--quiet") for a in dbt_args):
+            return self._run_dbt(args + dbt_args)
+        # The parent logs one line per node, with dbt's message; dbt's console would print
+        # each failure twice more (its result line and its end-of-run summary). Its other
+        # warnings and errors come as events instead.
+        return self._run_dbt([*args, "--log-level", "none", *dbt_args], forward_logs=True)
 
     def passthrough(self) -> dict[str, Any]:
         """A command we do not make state-aware runs exactly as the user wrote it."""
@@ -408,8 +410,8 @@ class DbtSession:
             args += ["--threads", str(r["threads"])]
         return args
 
-    def _run_dbt(self, args: list[str]) -> dict[str, Any]:
-        callback = _EventForwarder(self.channel)
+    def _run_dbt(self, args: list[str], forward_logs: bool = False) -> dict[str, Any]:
+        callback = _EventForwarder(self.channel, forward_logs=forward_logs)
         interrupted = False
         try:
             result = self._runner([callback]).invoke(args)
@@ -443,17 +445,42 @@ class DbtSession:
         }
 
 
+# dbt events that report a node's result, which the parent's line for the node already says.
+NODE_RESULT_EVENTS = frozenset(
+    {
+        "LogModelResult", "LogTestResult", "LogSeedResult", "LogSnapshotResult",
+        "LogNodeNoOpResult", "LogFreshnessResult", "RunResultError", "RunResultFailure",
+        "RunResultWarning", "RunResultErrorNoMessage", "RunResultWarningMessage",
+        "CheckNodeTestFailure", "SQLCompiledPath",
+    }
+)  # fmt: skip
+LOG_LEVELS = ("warn", "error")
+
+
 class _EventForwarder:
     """dbt callback: forwards node start/finish and selection criteria that matched nothing
-    as compact events. Must never raise."""
+    as compact events, and with ``forward_logs`` dbt's other warnings and errors (its
+    console is off). Must never raise."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, *, forward_logs: bool = False) -> None:
         self.channel = channel
+        self.forward_logs = forward_logs
         self.warned = False
+
+    def _forward_log(self, name: str, event: Any) -> None:
+        level = str(event.info.level)
+        if level not in LOG_LEVELS:
+            return
+        node = getattr(event.data, "node_info", None)
+        if name in NODE_RESULT_EVENTS and node is not None and node.unique_id:
+            return
+        self.channel.send({"type": "dbt_log", "level": level, "message": str(event.info.msg)})
 
     def __call__(self, event: Any) -> None:
         try:
             name = event.info.name
+            if self.forward_logs:
+                self._forward_log(name, event)
             if name == "NodeStart":
                 info = event.data.node_info
                 self.channel.send(

@@ -9,6 +9,7 @@ byte-identical afterwards.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -155,13 +156,17 @@ def test_upstream_built_by_an_earlier_partial_run_makes_children_stale(ws: Works
 
 
 def test_failed_model_and_its_skipped_downstream_are_rebuilt_after_the_fix(
-    ws: Workspace,
+    ws: Workspace, caplog: pytest.LogCaptureFixture
 ) -> None:
     ws.append("orders")
     good = "models/intermediate/int_customer_orders.sql"
     original = (ws.project / good).read_text()
     ws.edit(good, "select", "select no_such_column,")
-    failed = ws.run(expect_exit=1)
+    with caplog.at_level(logging.INFO):
+        failed = ws.run(expect_exit=1)
+    # dbt's own result line and end-of-run summary would repeat it: printed once, on ours.
+    mentions = [r.getMessage() for r in caplog.records if "no_such_column" in r.getMessage()]
+    assert len(mentions) == 1 and "ERROR" in mentions[0], mentions
     assert "model.orchestra_tutorial.int_customer_orders" in failed["failed"]
     skipped = {short(u) for u in failed["skipped"]}
     assert {"dim_customers", "mart_country_revenue", "mart_customer_revenue"} <= skipped

@@ -37,6 +37,7 @@ HOOK_CLASS_NAME = "airflow_provider_orchestra_dbt.hooks.orchestra_dbt.OrchestraD
 BACKENDS: tuple[str, ...] = ("local", "http", "s3")
 ORCHESTRA_ENVS: tuple[str, ...] = ("app", "stage", "dev")
 DEFAULT_TIMEOUT_SECONDS = 30
+DEFAULT_RETRY_BUDGET_SECONDS = 120
 
 
 def _optional_string(label: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -100,11 +101,28 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     ),
     "timeout": {
         "label": "Timeout (seconds)",
-        "description": "Optional, 'http' and 's3' backends: request timeout in seconds.",
+        "description": (
+            "Optional, 'http' and 's3' backends: seconds each request may take in all, to "
+            "connect and to receive the whole answer."
+        ),
         "schema": {
             "type": ["number", "null"],
             "default": DEFAULT_TIMEOUT_SECONDS,
             "minimum": 1,
+        },
+    },
+    "retry_budget": {
+        "label": "Retry budget (seconds)",
+        "description": (
+            "Optional, 'http' and 's3' backends: how long a state read or write keeps retrying "
+            "rate limiting (429, S3 SlowDown), server errors and, on S3, races with other "
+            "writers before it fails (default 120). An endpoint that refuses connections or "
+            "never answers is given up on after 3 attempts regardless."
+        ),
+        "schema": {
+            "type": ["number", "null"],
+            "default": DEFAULT_RETRY_BUDGET_SECONDS,
+            "minimum": 0,
         },
     },
 }

@@ -9,13 +9,12 @@ The connection form is declared in
 * ``login`` -- AWS access key id (``s3`` backend, only without ``aws_conn_id``), with the
   secret in the sensitive ``aws_secret_access_key`` extra field.
 
-Only the ``local`` backend is implemented; ``http`` and ``s3`` parse and validate but
-:meth:`OrchestraDbtHook.get_state_store` raises :class:`NotImplementedError` for them (see
-``_http_state_store`` / ``_s3_state_store``).
-
-Secrets (API key, AWS keys) are kept out of ``repr`` and are never put into exception
-messages or log lines; messages built from other text are passed through
-:meth:`StateConnectionConfig.redact` as a second line of defence.
+Secrets (API key, AWS keys, session token, credentials inside the base or endpoint URL)
+are kept out of ``repr`` and are never put into exception messages or log lines; messages
+built from other text are passed through :meth:`StateConnectionConfig.redact` as a second
+line of defence. Each secret is also registered with Airflow's secrets masker, in every
+form it could be printed in (verbatim, URL-encoded, JSON-escaped), so that a task log
+masks it whatever wrote it there.
 """
 
 from __future__ import annotations
@@ -34,9 +33,11 @@ from airflow.sdk import BaseHook
 from airflow_provider_orchestra_dbt.get_provider_info import (
     BACKENDS,
     CONN_TYPE,
+    DEFAULT_RETRY_BUDGET_SECONDS,
     DEFAULT_TIMEOUT_SECONDS,
     ORCHESTRA_ENVS,
 )
+from airflow_provider_orchestra_dbt.state.secrets import redact, secret_forms, url_credentials
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -46,15 +47,20 @@ if TYPE_CHECKING:
 DEFAULT_BACKEND: Final = BACKENDS[0]
 DEFAULT_ORCHESTRA_ENV: Final = ORCHESTRA_ENVS[0]
 DEFAULT_TIMEOUT: Final = float(DEFAULT_TIMEOUT_SECONDS)
-
-_REDACTED: Final = "***"
+DEFAULT_RETRY_BUDGET: Final = float(DEFAULT_RETRY_BUDGET_SECONDS)
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    # Longest first, so a secret that contains another one is masked whole.
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, _REDACTED)
-    return text
+    return redact(text, secrets)
+
+
+def _mask_in_logs(secrets: tuple[str | None, ...]) -> None:
+    """Register every printable form of ``secrets`` with Airflow's secrets masker."""
+    from airflow.sdk.log import mask_secret
+
+    for secret in secrets:
+        for form in secret_forms(secret or ""):
+            mask_secret(form)
 
 
 class _ConfigError(ValueError):
@@ -80,6 +86,8 @@ class StateConnectionConfig:
     """Optional prefix for state keys (lets several projects/accounts share one store)."""
     timeout: float = DEFAULT_TIMEOUT
     """Seconds; for network backends (``http``, ``s3``)."""
+    retry_budget: float = DEFAULT_RETRY_BUDGET
+    """Seconds a network backend keeps retrying throttling, server errors and lost races."""
     api_key: str | None = field(default=None, repr=False)
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
@@ -95,9 +103,15 @@ class StateConnectionConfig:
         conn_id = str(conn.conn_id)
         raw_extra = conn.extra_dejson
         extra: Mapping[str, Any] = raw_extra if isinstance(raw_extra, Mapping) else {}
+        urls = (extra.get("base_url"), extra.get("endpoint_url"))
         secrets = tuple(
             value
-            for value in (conn.password, conn.login, extra.get("aws_secret_access_key"))
+            for value in (
+                conn.password,
+                conn.login,
+                extra.get("aws_secret_access_key"),
+                *(part for url in urls if isinstance(url, str) for part in url_credentials(url)),
+            )
             if isinstance(value, str) and value
         )
         try:
@@ -145,19 +159,23 @@ class StateConnectionConfig:
         backend = choice("backend", BACKENDS, DEFAULT_BACKEND)
         orchestra_env = choice("orchestra_env", ORCHESTRA_ENVS, DEFAULT_ORCHESTRA_ENV)
 
-        raw_timeout = extra.get("timeout")
-        timeout = DEFAULT_TIMEOUT
-        if isinstance(raw_timeout, str) and not raw_timeout.strip():
-            raw_timeout = None
-        if raw_timeout is not None:
+        def seconds(name: str, default: float, *, allow_zero: bool) -> float:
+            raw = extra.get(name)
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
+                return default
             try:
-                if isinstance(raw_timeout, bool):
+                if isinstance(raw, bool):
                     raise TypeError
-                timeout = float(raw_timeout)
+                value = float(raw)
             except (TypeError, ValueError):
-                fail(f"'timeout' must be a number of seconds, got {quote(raw_timeout)}")
-            if not math.isfinite(timeout) or timeout <= 0:
-                fail(f"'timeout' must be a positive number of seconds, got {quote(raw_timeout)}")
+                fail(f"{name!r} must be a number of seconds, got {quote(raw)}")
+            if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+                kind = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
+                fail(f"{name!r} must be {kind}, got {quote(raw)}")
+            return value
+
+        timeout = seconds("timeout", DEFAULT_TIMEOUT, allow_zero=False)
+        retry_budget = seconds("retry_budget", DEFAULT_RETRY_BUDGET, allow_zero=True)
 
         state_uri = text("state_uri")
         base_url = text("base_url")
@@ -195,6 +213,7 @@ class StateConnectionConfig:
             aws_conn_id=text("aws_conn_id"),
             integration_account_id=text("integration_account_id", allow_int=True),
             timeout=timeout,
+            retry_budget=retry_budget,
             api_key=conn.password or None,
             aws_access_key_id=login,
             aws_secret_access_key=text("aws_secret_access_key"),
@@ -207,10 +226,21 @@ class StateConnectionConfig:
             raise ValueError(f"Connection {self.conn_id!r}: 'state_uri' is not set")
         return Path(self.state_uri).expanduser()
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret of this connection, credentials inside its URLs included."""
+        found = (
+            self.api_key,
+            self.aws_access_key_id,
+            self.aws_secret_access_key,
+            *url_credentials(self.base_url),
+            *url_credentials(self.endpoint_url),
+        )
+        return tuple(secret for secret in found if secret)
+
     def redact(self, text: str) -> str:
-        """Return ``text`` with every secret of this connection replaced by ``***``."""
-        secrets = (self.api_key, self.aws_access_key_id, self.aws_secret_access_key)
-        return _redact(text, tuple(s for s in secrets if s))
+        """Return ``text`` with every secret of this connection, in any encoding, as ``***``."""
+        return _redact(text, self.secrets)
 
 
 def _is_s3_uri(uri: str | None) -> bool:
@@ -238,9 +268,11 @@ class OrchestraDbtHook(BaseHook):
     @cached_property
     def config(self) -> StateConnectionConfig:
         """The parsed connection (looked up on first access, then cached)."""
-        return StateConnectionConfig.from_connection(
+        config = StateConnectionConfig.from_connection(
             self.get_connection(self.orchestra_dbt_conn_id)
         )
+        _mask_in_logs(config.secrets)
+        return config
 
     def get_conn(self) -> StateStore:
         """Alias of :meth:`get_state_store` (the generic hook API)."""
@@ -279,6 +311,7 @@ class OrchestraDbtHook(BaseHook):
             orchestra_state_url(config.base_url, config.orchestra_env),
             config.api_key or "",
             timeout=config.timeout,
+            retry_budget=config.retry_budget,
             key_prefix=config.integration_account_id,
             label=f"connection {config.conn_id!r}",
         )
@@ -293,6 +326,8 @@ class OrchestraDbtHook(BaseHook):
             region_name=config.region_name or credentials.pop("region_name", None),
             endpoint_url=config.endpoint_url or credentials.pop("endpoint_url", None),
             label=f"connection {config.conn_id!r}",
+            timeout=config.timeout,
+            retry_budget=config.retry_budget,
             **credentials,
         )
 
@@ -308,7 +343,15 @@ class OrchestraDbtHook(BaseHook):
                 "region_name": extra.get("region_name"),
                 "endpoint_url": extra.get("endpoint_url"),
             }
-            return {k: v for k, v in found.items() if v}
+            found = {k: v for k, v in found.items() if v}
+            _mask_in_logs(
+                (
+                    found.get("aws_secret_access_key"),
+                    found.get("aws_session_token"),
+                    *url_credentials(found.get("endpoint_url")),
+                )
+            )
+            return found
         if config.aws_access_key_id and config.aws_secret_access_key:
             return {
                 "aws_access_key_id": config.aws_access_key_id,

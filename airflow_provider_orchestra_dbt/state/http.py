@@ -21,12 +21,12 @@ import email.utils
 import ipaddress
 import json
 import logging
-import random
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NoReturn
-from urllib.parse import SplitResult, urlsplit
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlsplit
 
 from airflow_provider_orchestra_dbt import __version__
 from airflow_provider_orchestra_dbt.state.errors import StateError, StateFormatError
@@ -34,15 +34,22 @@ from airflow_provider_orchestra_dbt.state.model import (
     STATE_KEY,
     StateDocument,
     StateEntries,
-    validate_entries,
+    validate_update,
 )
+from airflow_provider_orchestra_dbt.state.retry import (
+    DEFAULT_RETRY_BUDGET,
+    UNREACHABLE_ATTEMPTS,
+    RetryClock,
+    check_budget,
+)
+from airflow_provider_orchestra_dbt.state.secrets import mask_url_credentials, redact
 
 if TYPE_CHECKING:
     import requests
 
 __all__ = [
     "DEFAULT_BACKOFF_SECONDS",
-    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_RETRY_BUDGET",
     "DEFAULT_TIMEOUT",
     "ORCHESTRA_ENVS",
     "STATE_PATH",
@@ -59,7 +66,6 @@ ORCHESTRA_ENVS = ("app", "stage", "dev")
 """Orchestra environments; each is served from ``https://<env>.getorchestra.io``."""
 
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKOFF_SECONDS = 0.5
 
 # Establishing a connection either works quickly or not at all, so the connect
@@ -76,6 +82,7 @@ _RETRY_AFTER_MAX = 60.0
 _RETRY_STATUSES = frozenset({408, 429}) | (frozenset(range(500, 600)) - {501, 505})
 _RETRY_AFTER_STATUSES = frozenset({429, 503})
 _DETAIL_MAX = 300
+_CHUNK = 64 * 1024
 
 
 def orchestra_state_url(base_url: str | None, env: str = "app") -> str:
@@ -111,14 +118,16 @@ def _check_url(url: str, what: str) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"malformed {what} {_mask_userinfo(url)!r}: {exc}") from None
-    shown = _mask_userinfo(url)
+        raise ValueError(f"malformed {what} {mask_url_credentials(url)!r}: {exc}") from None
+    shown = mask_url_credentials(url)
     expected = "expected http(s)://host[:port][/path]"
     if parts.scheme.lower() not in ("http", "https"):
         raise ValueError(f"malformed {what} {shown!r}: {expected}")
     if not parts.hostname:
         raise ValueError(f"malformed {what} {shown!r}: no host name; {expected}")
-    if parts.username is not None or parts.password is not None:
+    # Also an '@' that urlsplit puts in the path: a password pasted unencoded
+    # with a '/' in it ends the authority early.
+    if parts.username is not None or parts.password is not None or shown != url:
         raise ValueError(
             f"malformed {what} {shown!r}: credentials in the URL are not supported; "
             "put the API key in the connection's password field"
@@ -128,19 +137,6 @@ def _check_url(url: str, what: str) -> str:
     if port == 0:
         raise ValueError(f"malformed {what} {shown!r}: port 0 is not a valid port")
     return url
-
-
-def _mask_userinfo(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = None
-    if parts is None or "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return SplitResult(
-        parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment
-    ).geturl()
 
 
 def _is_loopback(host: str) -> bool:
@@ -153,12 +149,28 @@ def _is_loopback(host: str) -> bool:
 
 
 class _Retry(Exception):
-    """An attempt failed in a way worth retrying; ``cause`` says how."""
+    """An attempt failed in a way worth retrying; ``cause`` says how.
 
-    def __init__(self, cause: str, wait: float | None = None) -> None:
+    ``unreachable`` marks failures to connect or to get a whole answer in
+    time, which are retried a few times only (see ``UNREACHABLE_ATTEMPTS``);
+    ``wait`` is the server's ``Retry-After``, if it sent one.
+    """
+
+    def __init__(self, cause: str, wait: float | None = None, *, unreachable: bool = False) -> None:
         super().__init__(cause)
         self.cause = cause
         self.wait = wait
+        self.unreachable = unreachable
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A response whose body was read in full within the attempt's deadline."""
+
+    status: int
+    reason: str
+    headers: Any
+    body: bytes
 
 
 class OrchestraHttpStateStore:
@@ -168,15 +180,21 @@ class OrchestraHttpStateStore:
     document between integration accounts, and the dbt-orchestra tool filters
     the same way). Saves send only the given updates; the server merges them.
 
-    Failed requests are retried with exponential backoff and jitter on
-    connection errors, timeouts, 408, 429 (honouring ``Retry-After``) and 5xx,
-    up to ``max_attempts`` in total. Every other failure, and running out of
-    attempts, raises: a load never falls back to an empty state, because an
-    empty state would make the run rebuild everything and then overwrite the
-    good state with whatever it produced.
+    Every request must be answered in full within ``timeout`` seconds: a
+    deadline for the whole exchange, not for each read, so a server dripping
+    its answer cannot hold a task for longer. 408, 429 and 5xx are retried
+    with exponential backoff and full jitter (``Retry-After`` honoured, in
+    seconds or as an HTTP date) until ``retry_budget`` seconds have passed, so
+    a minute of throttling is ridden out. Refused connections and timeouts are
+    tried ``UNREACHABLE_ATTEMPTS`` times. ``max_attempts``, if given, caps the
+    attempts as well. Every other failure, and running out of budget, raises:
+    a load never falls back to an empty state, because an empty state would
+    make the run rebuild everything and then overwrite the good state with
+    whatever it produced.
 
     The API key is sent only in the ``Authorization`` header. It never appears
-    in ``repr``, ``description``, log records or error messages.
+    (verbatim, URL-encoded or JSON-escaped) in ``repr``, ``description``, log
+    records or error messages.
     """
 
     def __init__(
@@ -185,7 +203,8 @@ class OrchestraHttpStateStore:
         api_key: str,
         *,
         timeout: float = DEFAULT_TIMEOUT,
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+        max_attempts: int | None = None,
         backoff_seconds: float = DEFAULT_BACKOFF_SECONDS,
         key_prefix: str | None = None,
         label: str = "",
@@ -206,13 +225,15 @@ class OrchestraHttpStateStore:
             )
         if timeout <= 0:
             raise ValueError(f"{who}: timeout must be > 0, got {timeout}")
-        if max_attempts < 1:
+        budget = check_budget(retry_budget, who)
+        if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"{who}: max_attempts must be >= 1, got {max_attempts}")
         if backoff_seconds < 0:
             raise ValueError(f"{who}: backoff_seconds must be >= 0, got {backoff_seconds}")
         prefix = (key_prefix or "").strip().rstrip(".")
         self._api_key = key
         self._timeout = float(timeout)
+        self._budget = budget
         self._max_attempts = max_attempts
         self._backoff = float(backoff_seconds)
         self._key_prefix = prefix or None
@@ -233,6 +254,16 @@ class OrchestraHttpStateStore:
     def url(self) -> str:
         """The state endpoint requests go to."""
         return self._url
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one request may take in all."""
+        return self._timeout
+
+    @property
+    def retry_budget(self) -> float:
+        """Seconds a call keeps retrying before it fails."""
+        return self._budget
 
     @property
     def key_prefix(self) -> str | None:
@@ -272,8 +303,7 @@ class OrchestraHttpStateStore:
             StateError: the API could not be reached, rejected the key, was not
                 found, or kept failing until the attempts ran out.
         """
-        response = self._request("GET")
-        document = self._parse(response)
+        document = self._parse(self._request("GET"))
         with self._lock:
             self._known = document
         return _copy(document)
@@ -295,7 +325,7 @@ class OrchestraHttpStateStore:
             StateError: the request failed (see :meth:`load`).
         """
         origin = f"state update for {self.description}"
-        validate_entries(updates, origin=origin)
+        validate_update(updates, origin=origin)
         if self._key_prefix:
             outside = sorted(key for key in updates if not self._in_prefix(key))
             if outside:
@@ -304,12 +334,7 @@ class OrchestraHttpStateStore:
                     f"'{self._key_prefix}.' and would never be loaded back, "
                     f"e.g. {outside[0]!r}"
                 )
-        try:
-            body = json.dumps({STATE_KEY: updates}, allow_nan=False, separators=(",", ":")).encode(
-                "utf-8"
-            )
-        except (TypeError, ValueError) as exc:
-            raise StateFormatError(f"{origin} is not JSON-serialisable: {exc}") from None
+        body = json.dumps({STATE_KEY: updates}, allow_nan=False, separators=(",", ":")).encode()
         if updates:
             self._request("PATCH", body)
         with self._lock:
@@ -339,7 +364,7 @@ class OrchestraHttpStateStore:
     def _redact(self, text: str) -> str:
         # Last line of defence for text that came from elsewhere (a server
         # echoing the request, an exception quoting a header).
-        return text.replace(self._api_key, "***")
+        return redact(text, (self._api_key,))
 
     def _fail(self, message: str) -> NoReturn:
         # ``from None``: a requests exception in the context would carry the
@@ -368,45 +393,61 @@ class OrchestraHttpStateStore:
                 self._session = session
             return self._session
 
-    def _request(self, method: str, body: bytes | None = None) -> requests.Response:
+    def _request(self, method: str, body: bytes | None = None) -> _Reply:
         session = self._get_session()
-        started = time.monotonic()
-        cause = ""
-        for attempt in range(1, self._max_attempts + 1):
+        clock = RetryClock(self._budget, self._backoff, _BACKOFF_MAX)
+        attempt = unreachable = 0
+        while True:
+            attempt += 1
             try:
                 return self._attempt(session, method, body)
             except _Retry as retry:
-                cause = retry.cause
-                wait = retry.wait
-            if attempt == self._max_attempts:
+                failure = retry
+            unreachable += failure.unreachable
+            if unreachable >= UNREACHABLE_ATTEMPTS or attempt == self._max_attempts:
                 break
+            wait = failure.wait
+            # A server's Retry-After is a floor, so waiting less is pointless;
+            # our own backoff may be cut short for one last try at the deadline.
+            clamp = wait is None
             if wait is None:
-                # Jitter keeps many tasks that failed together from retrying
-                # in lockstep and hitting the recovering server all at once.
-                wait = min(self._backoff * 2 ** (attempt - 1), _BACKOFF_MAX)
-                wait *= random.uniform(0.5, 1.0)
+                wait = clock.backoff(attempt)
+            if wait > clock.remaining() and not clamp:
+                break
             log.warning(
-                "%s: %s attempt %d/%d failed (%s); retrying in %.2fs",
+                "%s: %s attempt %d failed (%s); retrying in %.2fs (%.0fs of %gs retry budget left)",
                 self._where,
                 method,
                 attempt,
-                self._max_attempts,
-                self._redact(cause),
-                wait,
+                self._redact(failure.cause),
+                min(wait, max(clock.remaining(), 0.0)),
+                max(clock.remaining(), 0.0),
+                self._budget,
             )
-            time.sleep(wait)
-        elapsed = time.monotonic() - started
-        noun = "attempt" if self._max_attempts == 1 else "attempts"
+            if not clock.sleep(wait, clamp=clamp):
+                break
+        noun = "attempt" if attempt == 1 else "attempts"
         self._fail(
-            f"{self._where}: {method} failed after {self._max_attempts} {noun} "
-            f"in {elapsed:.1f}s; last error: {cause}"
+            f"{self._where}: {method} failed after {attempt} {noun} in {clock.elapsed():.1f}s"
+            f" ({self._give_up_reason(failure, unreachable, attempt, clock)});"
+            f" last error: {failure.cause}"
         )
 
-    def _attempt(
-        self, session: requests.Session, method: str, body: bytes | None
-    ) -> requests.Response:
+    def _give_up_reason(
+        self, failure: _Retry, unreachable: int, attempt: int, clock: RetryClock
+    ) -> str:
+        if unreachable >= UNREACHABLE_ATTEMPTS:
+            return f"the endpoint failed to answer {unreachable} times"
+        if attempt == self._max_attempts:
+            return "no attempts left"
+        if failure.wait is not None and failure.wait > clock.remaining():
+            return f"Retry-After {failure.wait:g}s exceeds the retry budget left"
+        return f"retry budget of {self._budget:g}s used up"
+
+    def _attempt(self, session: requests.Session, method: str, body: bytes | None) -> _Reply:
         import requests
 
+        deadline = time.monotonic() + self._timeout
         connect_timeout = min(self._timeout, _CONNECT_TIMEOUT_MAX)
         headers = {"Content-Type": "application/json"} if body is not None else None
         try:
@@ -416,33 +457,38 @@ class OrchestraHttpStateStore:
                 data=body,
                 headers=headers,
                 timeout=(connect_timeout, self._timeout),
+                # Streamed so the body is read under the deadline below; a
+                # read timeout alone restarts with every byte that arrives.
+                stream=True,
                 # A redirected PATCH can silently turn into a GET, which would
                 # report success without saving; redirects are reported instead.
                 allow_redirects=False,
             )
         except requests.ConnectTimeout:
-            raise _Retry(f"could not connect within {connect_timeout:g}s") from None
+            raise _Retry(
+                f"could not connect within {connect_timeout:g}s", unreachable=True
+            ) from None
         except requests.Timeout:
-            raise _Retry(f"no response within {self._timeout:g}s") from None
+            raise _Retry(f"no response within {self._timeout:g}s", unreachable=True) from None
         except requests.exceptions.SSLError as exc:
             # Certificate problems do not fix themselves between attempts.
             self._fail(f"{self._where}: TLS error: {_exception_text(exc)}")
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Retry(_exception_text(exc)) from None
+            raise _Retry(_exception_text(exc), unreachable=True) from None
         except requests.RequestException as exc:
             self._fail(f"{self._where}: {method} failed: {_exception_text(exc)}")
 
-        status = response.status_code
+        reply = self._read(response, deadline)
+        status = reply.status
         if 200 <= status < 300:
-            return response
-        reason = f"HTTP {status}{' ' + response.reason if response.reason else ''}"
-        # Reading the body (for the message) also returns the connection to
-        # the pool instead of leaving it half-read.
-        detail = self._detail(response)
+            return reply
+        reason = f"HTTP {status}{' ' + reply.reason if reply.reason else ''}"
+        # Redacted before it is cut short, which could leave half a key behind.
+        detail = _detail(self._redact(reply.body.decode("utf-8", "replace")))
         if status in _RETRY_STATUSES:
             wait = None
             if status in _RETRY_AFTER_STATUSES:
-                wait = _retry_after_seconds(response.headers.get("Retry-After"))
+                wait = _retry_after_seconds(reply.headers.get("Retry-After"))
             raise _Retry(f"{reason}{detail}", wait)
         if status in (401, 403):
             self._fail(
@@ -455,7 +501,7 @@ class OrchestraHttpStateStore:
                 "check the base URL / Orchestra environment"
             )
         if 300 <= status < 400:
-            location = response.headers.get("Location", "")
+            location = reply.headers.get("Location", "")
             target = f" to {location}" if location else ""
             self._fail(
                 f"{self._where} redirected ({reason}){target}: "
@@ -463,33 +509,61 @@ class OrchestraHttpStateStore:
             )
         self._fail(f"{self._where} refused the {method} ({reason}){detail}")
 
-    @staticmethod
-    def _detail(response: requests.Response) -> str:
-        # A short excerpt of the error body, because APIs put the actual
-        # reason there ({"detail": "..."}) and the status alone is vague.
+    def _read(self, response: requests.Response, deadline: float) -> _Reply:
+        """Read the whole body by ``deadline``, or raise ``_Retry``."""
+        raw = response.raw
+        # Each read may block for at most the time left, so the deadline holds
+        # even against a server sending one byte just before every timeout.
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        chunks: list[bytes] = []
         try:
-            text = " ".join(response.text.split())
-        except Exception:
-            return ""
-        if not text:
-            return ""
-        if len(text) > _DETAIL_MAX:
-            text = text[:_DETAIL_MAX] + "..."
-        return f": {text}"
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                if sock is not None:
+                    sock.settimeout(remaining)
+                chunk = raw.read1(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except Exception as exc:
+            response.close()
+            if time.monotonic() >= deadline or isinstance(exc, TimeoutError):
+                raise _Retry(
+                    f"no complete response within {self._timeout:g}s", unreachable=True
+                ) from None
+            raise _Retry(f"response cut short: {_exception_text(exc)}", unreachable=True) from None
+        # Read to the end, so the connection can be kept alive for the next call.
+        raw.release_conn()
+        return _Reply(
+            response.status_code, response.reason or "", response.headers, b"".join(chunks)
+        )
 
-    def _parse(self, response: requests.Response) -> StateDocument:
-        content_type = response.headers.get("Content-Type", "")
+    def _parse(self, reply: _Reply) -> StateDocument:
+        content_type = reply.headers.get("Content-Type", "")
         hint = "" if "json" in content_type.lower() else f" (Content-Type {content_type!r})"
         # ``required``: an empty 200 is not "no state" but a broken response,
         # and treating it as empty would rebuild and overwrite everything.
         # ``keep``: another account's entries, which this store never uses,
         # must not make its load fail.
         return StateDocument.from_json_bytes(
-            response.content,
+            reply.body,
             origin=f"{self._where} response{hint}",
             required=True,
             keep=self._in_prefix,
         )
+
+
+def _detail(body: str) -> str:
+    # A short excerpt of the error body, because APIs put the actual reason
+    # there ({"detail": "..."}) and the status alone is vague.
+    text = " ".join(body.split())
+    if not text:
+        return ""
+    if len(text) > _DETAIL_MAX:
+        text = text[:_DETAIL_MAX] + "..."
+    return f": {text}"
 
 
 def _copy(document: StateDocument) -> StateDocument:

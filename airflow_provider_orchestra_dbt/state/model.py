@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -251,13 +252,59 @@ def validate_update(updates: object, *, origin: str) -> None:
     Raises:
         StateFormatError: naming ``origin`` and the problem.
     """
-    validate_entries(updates, origin=origin)
+    entries = validate_entries(updates, origin=origin)
     try:
         # Same checks as the write but compact: without indent, json uses its
         # C encoder, many times faster for an update as large as a whole state.
         _encode(updates, indent=None)
     except (TypeError, ValueError) as exc:
-        raise StateFormatError(f"{origin} is not JSON-serialisable: {exc}") from None
+        # json's own message names neither the entry nor the field, so the
+        # culprit is looked for only now, keeping the common path fast.
+        culprit = _find_non_json(entries)
+        detail = culprit if culprit is not None else str(exc)
+        raise StateFormatError(f"{origin} is not JSON-serialisable: {detail}") from None
+
+
+def _find_non_json(updates: StateEntries) -> str | None:
+    """Describe the first value JSON cannot hold: ``entry 'k', field 'a.b[0]': why``."""
+    for key, entry in updates.items():
+        for path, problem in _non_json_values(entry, ""):
+            field_name = path or "(the entry itself)"
+            return f"entry {key!r}, field {field_name!r}: {problem}"
+    return None
+
+
+def _non_json_values(value: object, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, f"{value!r} is not a finite number, which JSON cannot hold"
+    elif isinstance(value, str):
+        if not _is_utf8_encodable(value):
+            yield path, "string contains a lone surrogate and cannot be encoded as UTF-8"
+    elif isinstance(value, dict):
+        kinds = {type(item) for item in value}
+        if len(kinds) > 1 and not kinds <= {str}:
+            # Sorting the keys (for stable files) fails on mixed key types.
+            names = ", ".join(sorted(kind.__name__ for kind in kinds))
+            yield path, f"keys of mixed types ({names}) cannot be sorted"
+        for name, item in value.items():
+            if not isinstance(name, str | int | float | bool) and name is not None:
+                yield path, f"key {name!r} of type {type(name).__name__} is not allowed in JSON"
+            elif isinstance(name, str) and not _is_utf8_encodable(name):
+                yield path, "a key contains a lone surrogate and cannot be encoded as UTF-8"
+            yield from _non_json_values(item, f"{path}.{name}" if path else str(name))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _non_json_values(item, f"{path}[{index}]")
+    elif value is not None and not isinstance(value, bool | int | float):
+        yield path, f"a value of type {type(value).__name__!r} cannot be stored in JSON"
+
+
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _encode(value: object, *, indent: int | None) -> bytes:

@@ -6,6 +6,14 @@ the object is still the one it read (``If-Match``), or still absent
 (``If-None-Match: *``). A writer that loses the race re-reads, re-merges and
 tries again, so no writer's entries are ever lost.
 
+Lost races are retried with full jitter until ``retry_budget`` seconds have
+passed, not for a fixed number of rounds: with dozens of tasks finishing at
+once a writer may lose many rounds in a row, and a count that suits two
+writers gives up long before the crowd has drained. Throttling (``SlowDown``)
+and 5xx are retried by botocore's ``standard`` retry mode within each call,
+under the same budget; an endpoint that refuses connections or never answers
+is given up on after a few attempts of ``timeout`` seconds each.
+
 boto3 is imported inside the methods that need it: this module is imported
 while Airflow parses DAG files, and importing boto3 there would slow down
 every parse for DAGs that never touch S3.
@@ -13,11 +21,10 @@ every parse for DAGs that never touch S3.
 
 from __future__ import annotations
 
-import random
+import contextlib
 import threading
-import time
+from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_orchestra_dbt.state.errors import (
     StateConflictError,
@@ -28,23 +35,37 @@ from airflow_provider_orchestra_dbt.state.model import (
     StateEntries,
     validate_update,
 )
+from airflow_provider_orchestra_dbt.state.retry import (
+    DEFAULT_RETRY_BUDGET,
+    UNREACHABLE_ATTEMPTS,
+    RetryClock,
+    check_budget,
+)
+from airflow_provider_orchestra_dbt.state.secrets import (
+    mask_url_credentials,
+    redact,
+    url_credentials,
+)
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "S3StateStore"]
+__all__ = ["DEFAULT_RETRY_BUDGET", "DEFAULT_TIMEOUT", "S3StateStore"]
 
-DEFAULT_MAX_ATTEMPTS = 10
-"""Read-merge-write rounds ``save`` tries before giving up on competing writers."""
+DEFAULT_TIMEOUT = 30.0
+"""Seconds to connect (at most 10) and, separately, for each read of an answer."""
 
 # Backoff between conflicting rounds: the first retry comes quickly because
 # most conflicts are two tasks finishing at nearly the same moment; the cap
-# keeps a long losing streak from stalling a task for more than a second.
+# keeps the waits of a long losing streak short enough to keep taking turns
+# (32 writers on a 2,000-entry object: ~10 s for all on moto, vs ~11 s with
+# a 2 s cap and ~13 s with 4 s).
 _BACKOFF_START = 0.02
 _BACKOFF_MAX = 1.0
 
-# Timeouts and botocore's own retries (for throttling and 5xx) are bounded so
-# an unreachable endpoint fails a task in seconds instead of hanging it.
-_CONNECT_TIMEOUT = 10.0
-_READ_TIMEOUT = 30.0
-_CLIENT_MAX_ATTEMPTS = 3
+_CONNECT_TIMEOUT_MAX = 10.0
+# botocore's standard mode waits a random 0..2**(n-1) s, at most 20 s, after
+# attempt n; 12 attempts wait about 75 s in all on average, enough to ride out
+# a minute of throttling, and the retry budget cuts them short.
+_CLIENT_MAX_ATTEMPTS = 12
+_BOTOCORE_MAX_BACKOFF = 20.0
 
 _URI_SCHEME = "s3://"
 _CONTENT_TYPE = "application/json"
@@ -82,11 +103,17 @@ class S3StateStore:
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
         label: str = "",
-        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        timeout: float = DEFAULT_TIMEOUT,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+        max_attempts: int | None = None,
         client: Any | None = None,
     ) -> None:
-        if max_attempts < 1:
+        if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        self._budget = check_budget(retry_budget, label or "S3 state store")
+        self._timeout = float(timeout)
         self._bucket = bucket
         self._key = key
         self._region_name = region_name or None
@@ -97,6 +124,10 @@ class S3StateStore:
         self._secret_access_key = aws_secret_access_key or None
         self._session_token = aws_session_token or None
         self._client = client
+        self._hooked = False
+        # The deadline of the call in progress, per thread: botocore's event
+        # hooks get no reference to the call that triggered them.
+        self._calls = threading.local()
         # boto3 sessions are not thread-safe, so the one-time client build is
         # serialised; the client itself may then be shared by threads.
         self._client_lock = threading.Lock()
@@ -143,6 +174,16 @@ class S3StateStore:
         return cls(bucket, key, **kwargs)
 
     @property
+    def timeout(self) -> float:
+        """Seconds one request may take in all."""
+        return self._timeout
+
+    @property
+    def retry_budget(self) -> float:
+        """Seconds a call keeps retrying before it fails."""
+        return self._budget
+
+    @property
     def bucket(self) -> str:
         return self._bucket
 
@@ -158,12 +199,12 @@ class S3StateStore:
     def description(self) -> str:
         if self._endpoint_url is None:
             return f"S3 object {self.uri}"
-        return f"S3 object {self.uri} at {_safe_url(self._endpoint_url)}"
+        return f"S3 object {self.uri} at {mask_url_credentials(self._endpoint_url)}"
 
     def __repr__(self) -> str:
         parts = [repr(self.uri)]
         if self._endpoint_url is not None:
-            parts.append(f"endpoint_url={_safe_url(self._endpoint_url)!r}")
+            parts.append(f"endpoint_url={mask_url_credentials(self._endpoint_url)!r}")
         if self._label:
             parts.append(f"label={self._label!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
@@ -176,7 +217,8 @@ class S3StateStore:
             StateError: the bucket is missing, access is denied, the endpoint
                 cannot be reached, or the read failed otherwise.
         """
-        document, _ = self._read()
+        with self._deadline():
+            document, _ = self._read()
         return document
 
     def save(self, updates: StateEntries) -> StateDocument:
@@ -185,30 +227,29 @@ class S3StateStore:
         Raises:
             StateFormatError: the stored object or ``updates`` is not valid
                 state; nothing was written.
-            StateConflictError: other writers changed the object on every one
-                of ``max_attempts`` rounds.
+            StateConflictError: other writers changed the object on every
+                round until the retry budget (or ``max_attempts``) ran out.
             StateError: the object could not be read or written.
         """
         validate_update(updates, origin=f"state update for {self.description}")
 
-        backoff = _BACKOFF_START
-        for attempt in range(1, self._max_attempts + 1):
-            current, etag = self._read()
-            merged = current.merged(updates)
-            if etag is not None and merged == current:
-                # Nothing would change (e.g. every update is older than what is
-                # stored); skipping the write is equivalent to winning it.
-                return current
-            if self._put(merged.to_json_bytes(), etag):
-                return merged
-            if attempt < self._max_attempts:
-                # Jitter spreads out writers that collided so they do not
-                # collide again on the next round.
-                time.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(backoff * 2, _BACKOFF_MAX)
+        with self._deadline() as clock:
+            attempt = 0
+            while True:
+                attempt += 1
+                current, etag = self._read()
+                merged = current.merged(updates)
+                if etag is not None and merged == current:
+                    # Nothing would change (e.g. every update is older than what is
+                    # stored); skipping the write is equivalent to winning it.
+                    return current
+                if self._put(merged.to_json_bytes(), etag):
+                    return merged
+                if attempt == self._max_attempts or not clock.sleep(clock.backoff(attempt)):
+                    break
         raise StateConflictError(
-            f"{self._where()}: gave up saving state after {self._max_attempts} attempts:"
-            " other writers changed the object every time"
+            f"{self._where()}: gave up saving state after {attempt} attempts in"
+            f" {clock.elapsed():.1f}s: other writers changed the object every time"
         )
 
     def probe(self) -> str:
@@ -222,17 +263,18 @@ class S3StateStore:
             StateFormatError: the object exists but is not valid state.
             StateError: as for ``load``.
         """
-        document, etag = self._read()
-        if etag is not None:
-            count = len(document.entries)
-            noun = "entry" if count == 1 else "entries"
-            return f"{self.description} found, {count:,} {noun}"
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            self._get_client().head_bucket(Bucket=self._bucket)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error("cannot check the bucket", exc) from None
+        with self._deadline():
+            document, etag = self._read()
+            if etag is not None:
+                count = len(document.entries)
+                noun = "entry" if count == 1 else "entries"
+                return f"{self.description} found, {count:,} {noun}"
+            try:
+                self._get_client().head_bucket(Bucket=self._bucket)
+            except (BotoCoreError, ClientError) as exc:
+                raise self._error("cannot check the bucket", exc) from None
         return f"no state object yet at {self.uri}; bucket reachable"
 
     def write_object(self, key: str, body: bytes, content_type: str) -> None:
@@ -244,9 +286,10 @@ class S3StateStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._get_client().put_object(
-                Bucket=self._bucket, Key=key, Body=body, ContentType=content_type
-            )
+            with self._deadline():
+                self._get_client().put_object(
+                    Bucket=self._bucket, Key=key, Body=body, ContentType=content_type
+                )
         except (BotoCoreError, ClientError) as exc:
             raise self._error(f"cannot write {_URI_SCHEME}{self._bucket}/{key}", exc) from None
 
@@ -259,8 +302,9 @@ class S3StateStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            response = self._get_client().get_object(Bucket=self._bucket, Key=key)
-            data: bytes = response["Body"].read()
+            with self._deadline():
+                response = self._get_client().get_object(Bucket=self._bucket, Key=key)
+                data: bytes = response["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             if _error_code(exc) in _NO_SUCH_KEY_CODES:
                 return None
@@ -307,10 +351,49 @@ class S3StateStore:
             raise self._error("cannot write state", exc) from None
         return True
 
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[RetryClock]:
+        """Bound the botocore calls made inside, in this thread, by the retry budget."""
+        clock = RetryClock(self._budget, _BACKOFF_START, _BACKOFF_MAX)
+        outer = getattr(self._calls, "clock", None)
+        self._calls.clock = clock
+        try:
+            yield clock
+        finally:
+            self._calls.clock = outer
+
+    def _veto_retry(self, attempts: int, caught_exception: Any = None, **_: Any) -> bool | None:
+        """``needs-retry`` hook, run before botocore's own: False stops the retries.
+
+        None leaves the decision (and the wait) to botocore's retry mode.
+        """
+        from botocore.exceptions import ConnectionError, HTTPClientError
+
+        clock: RetryClock | None = getattr(self._calls, "clock", None)
+        if clock is None:
+            return None
+        if attempts == 1:
+            self._calls.unreachable = 0
+        if isinstance(caught_exception, ConnectionError | HTTPClientError):
+            self._calls.unreachable += 1
+            if self._calls.unreachable >= UNREACHABLE_ATTEMPTS:
+                return False
+        # botocore's wait before the next attempt is random up to this bound; a
+        # retry that might start past the deadline is not made at all, which
+        # keeps the budget a hard bound (at the cost of giving up a little early).
+        longest_wait = min(_BOTOCORE_MAX_BACKOFF, 2.0 ** min(attempts - 1, 10))
+        return False if clock.remaining() < longest_wait else None
+
     def _get_client(self) -> Any:
         with self._client_lock:
             if self._client is None:
                 self._client = self._build_client()
+            if not self._hooked:
+                self._hooked = True
+                events = getattr(getattr(self._client, "meta", None), "events", None)
+                if events is not None:
+                    # First, so that its veto is seen before the retry mode's answer.
+                    events.register_first("needs-retry.s3", self._veto_retry)
             return self._client
 
     def _build_client(self) -> Any:
@@ -319,8 +402,8 @@ class S3StateStore:
         from botocore.exceptions import BotoCoreError
 
         options: dict[str, Any] = {
-            "connect_timeout": _CONNECT_TIMEOUT,
-            "read_timeout": _READ_TIMEOUT,
+            "connect_timeout": min(self._timeout, _CONNECT_TIMEOUT_MAX),
+            "read_timeout": self._timeout,
             "retries": {"max_attempts": _CLIENT_MAX_ATTEMPTS, "mode": "standard"},
         }
         if self._endpoint_url is not None:
@@ -399,7 +482,7 @@ class S3StateStore:
 
     def _endpoint_for_messages(self) -> str:
         if self._endpoint_url is not None:
-            return _safe_url(self._endpoint_url)
+            return mask_url_credentials(self._endpoint_url)
         client = self._client
         endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
         return str(endpoint) if endpoint else "(default AWS endpoint)"
@@ -407,10 +490,10 @@ class S3StateStore:
     def _redact(self, text: str) -> str:
         # Messages are built from botocore's text, which could in principle
         # echo request details; secrets are masked as a last line of defence.
-        for secret in (self._secret_access_key, self._session_token):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return redact(
+            text,
+            (self._secret_access_key, self._session_token, *url_credentials(self._endpoint_url)),
+        )
 
 
 def _error_code(exc: BaseException) -> str | None:
@@ -427,13 +510,3 @@ def _error_code(exc: BaseException) -> str | None:
         return str(code)
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return str(status) if status else None
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part, since it ends up in logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

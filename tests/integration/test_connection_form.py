@@ -42,6 +42,7 @@ LABELS = (
     "AWS secret access key",
     "Integration account id",
     "Timeout (seconds)",
+    "Retry budget (seconds)",
 )
 # The 3.3 form can only mark a field required for every backend; the others say in their
 # description which backends need them, and the hook enforces it.

@@ -76,3 +76,34 @@ def test_http_reachable_rejected_and_unreachable(monkeypatch: pytest.MonkeyPatch
         monkeypatch, conn | {"extra": conn["extra"] | {"base_url": closed_port}}
     ).test_connection()
     assert not ok and closed_port in message and API_KEY not in message
+
+
+def test_s3_endpoint_that_never_answers_fails_within_the_connections_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import time
+
+    # Listening but never accepting: requests are sent and never answered.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        conn = {
+            "conn_type": "orchestra_dbt",
+            "login": "testing",
+            "extra": {
+                "backend": "s3",
+                "state_uri": "s3://bucket/dbt/state.json",
+                "endpoint_url": endpoint,
+                "aws_secret_access_key": AWS_SECRET,
+                "timeout": 1,
+            },
+        }
+        started = time.monotonic()
+        ok, message = hook(monkeypatch, conn).test_connection()
+        elapsed = time.monotonic() - started
+    # Three attempts of 1 s and botocore's short waits, not minutes.
+    assert elapsed < 8, elapsed
+    assert not ok and f"cannot reach endpoint {endpoint}" in message
+    assert AWS_SECRET not in message

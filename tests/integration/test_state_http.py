@@ -24,6 +24,7 @@ from support.orchestra_server import (
     DEFAULT_TOKEN,
     MASKED,
     STATE_PATH,
+    Fault,
     OrchestraStateServer,
     save_distinct_keys,
 )
@@ -39,6 +40,7 @@ from airflow_provider_orchestra_dbt.state import (
     orchestra_state_url,
 )
 from airflow_provider_orchestra_dbt.state import http as http_module
+from airflow_provider_orchestra_dbt.state.secrets import secret_forms
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +118,22 @@ def test_credentials_in_base_url_are_refused_and_masked() -> None:
         orchestra_state_url("https://user:s3cret@orchestra.example.com")
     assert "s3cret" not in str(info.value)
     assert "***@orchestra.example.com" in str(info.value)
+
+
+SYMBOL_SECRETS = ('k3y/with"quote\\back+plus%25pct-1a2b', '/\\+%2F"-tail-3c4d')
+
+
+@pytest.mark.parametrize("secret", SYMBOL_SECRETS)
+@pytest.mark.parametrize("host", ["orchestra.example.com", "orchestra.example.com:99999"])
+def test_credentials_with_symbols_in_base_url_are_masked(secret: str, host: str) -> None:
+    # Unencoded, a '/' ends the authority early and a bad port makes the URL malformed:
+    # either way the password must not appear.
+    with pytest.raises(ValueError) as info:
+        orchestra_state_url(f"https://user:{secret}@{host}")
+    message = str(info.value)
+    assert "***@" in message
+    for form in secret_forms(secret):
+        assert form not in message
 
 
 def test_unknown_env() -> None:
@@ -477,6 +495,103 @@ def test_unreachable_endpoint_gives_up_naming_the_url() -> None:
     assert "Connection refused" in message
 
 
+def test_a_dripping_answer_is_cut_off_at_the_deadline_and_retried(
+    server: OrchestraStateServer,
+) -> None:
+    # Every byte arrives well within the timeout, so only a deadline for the
+    # whole answer stops this one; the retry then gets a normal answer.
+    server.set_document({"state": {"k": _entry("a")}})
+    server.drip_next(1, 0.1)
+    started = time.monotonic()
+
+    assert _store(server, timeout=0.5).load().entries == {"k": _entry("a")}
+
+    assert time.monotonic() - started < 1.5
+    assert len(server.requests) == 2
+
+
+def test_an_endlessly_dripping_server_fails_within_a_few_timeouts(
+    server: OrchestraStateServer,
+) -> None:
+    server.set_document({"state": {"k": _entry("a")}})
+    server.drip_next(10, 0.1)
+    store = _store(server, timeout=0.4, max_attempts=None, retry_budget=60)
+    started = time.monotonic()
+
+    with pytest.raises(StateError) as info:
+        store.load()
+
+    # Three answers of 0.4 s each plus two short waits, not 60 s of budget.
+    assert time.monotonic() - started < 2.5
+    message = str(info.value)
+    assert "GET failed after 3 attempts" in message
+    assert "the endpoint failed to answer 3 times" in message
+    assert "last error: no complete response within 0.4s" in message
+
+
+def test_throttling_is_ridden_out_honouring_retry_after(server: OrchestraStateServer) -> None:
+    server.fail_next(3, 429, headers={"Retry-After": "0.3"}, body='{"detail": "slow down"}')
+    store = _store(server, max_attempts=None, retry_budget=5)
+    started = time.monotonic()
+
+    store.save({"k": _entry("a")})
+
+    assert time.monotonic() - started >= 0.85
+    assert [r.status for r in server.requests] == [429, 429, 429, 200]
+    assert server.entries == {"k": _entry("a")}
+
+
+def test_retry_after_beyond_the_budget_gives_up_at_once(server: OrchestraStateServer) -> None:
+    server.fail_next(1, 503, headers={"Retry-After": "30"})
+    store = _store(server, max_attempts=None, retry_budget=2)
+    started = time.monotonic()
+
+    with pytest.raises(StateError) as info:
+        store.load()
+
+    assert time.monotonic() - started < 1.0
+    assert "GET failed after 1 attempt in " in str(info.value)
+    assert "Retry-After 30s exceeds the retry budget left" in str(info.value)
+
+
+def test_persistent_errors_give_up_when_the_budget_is_spent(
+    server: OrchestraStateServer,
+) -> None:
+    server.flaky(1.0, (Fault(status=502),))
+    store = _store(server, max_attempts=None, retry_budget=0.5, backoff_seconds=0.05)
+    started = time.monotonic()
+
+    with pytest.raises(StateError) as info:
+        store.load()
+
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 1.5, elapsed
+    assert "(retry budget of 0.5s used up); last error: HTTP 502" in str(info.value)
+    assert len(server.requests) > 3
+
+
+def test_a_fifth_of_calls_failing_loses_nothing(server: OrchestraStateServer) -> None:
+    faults = (
+        Fault(status=429, headers={"Retry-After": "0"}),
+        Fault(status=429),
+        Fault(status=500),
+        Fault(status=502),
+        Fault(status=503),
+        Fault(status=504),
+    )
+    server.flaky(0.2, faults, seed=3)
+    store = _store(server, max_attempts=None, retry_budget=30)
+
+    for index in range(40):
+        store.save({f"db.main.m{index}": _entry(str(index))})
+        assert f"db.main.m{index}" in store.load().entries
+
+    statuses = [r.status for r in server.requests]
+    assert statuses.count(200) == 80
+    assert len(statuses) > 80, "no fault was injected"
+    assert len(server.entries) == 40
+
+
 # -- bodies that are not state ------------------------------------------------
 
 
@@ -622,3 +737,35 @@ def test_api_key_never_leaks(
         for secret in secrets:
             assert secret not in text
     assert all(r.headers["Authorization"] == MASKED for r in server.requests)
+
+
+@pytest.mark.parametrize("api_key", SYMBOL_SECRETS)
+def test_api_key_with_symbols_never_leaks_in_any_encoding(
+    api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    from urllib.parse import quote, quote_plus
+
+    caplog.set_level(logging.DEBUG)
+    # What a server echoing the request back might write: JSON-escaped (with and
+    # without '/' escaped), URL-encoded either way, or verbatim.
+    echoes = [
+        json.dumps({"detail": f"bad key {api_key}"}),
+        json.dumps({"detail": f"bad key {api_key}"}).replace("/", "\\/"),
+        f"token={quote(api_key, safe='')}&again={quote_plus(api_key)}",
+    ]
+    texts: list[str] = []
+    with OrchestraStateServer(token=api_key) as server:
+        store = _store(server, api_key=api_key)
+        for echo in echoes:
+            server.fail_next(1, 500, body=echo)  # logged in the retry warning
+            server.fail_next(1, 400, body=echo)  # quoted in the error
+            with pytest.raises(StateError) as info:
+                store.save({"k": _entry("a")})
+            texts.extend(_exception_texts(info.value))
+    logged = [caplog.text] + [record.getMessage() for record in caplog.records]
+    assert any("retrying in" in text for text in logged)
+    assert any("***" in text for text in texts)
+    for text in texts + logged:
+        for form in secret_forms(api_key):
+            assert form not in text, (form, text)

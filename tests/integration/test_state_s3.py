@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -187,7 +188,14 @@ def test_conflicting_write_is_merged_and_retried(s3: S3Params, exists: bool) -> 
         assert "IfMatch" in puts[1]
 
 
-def test_gives_up_after_max_attempts(s3: S3Params) -> None:
+@pytest.mark.parametrize(
+    ("limit", "attempts"),
+    [({"max_attempts": 3}, "3 attempts"), ({"retry_budget": 0.3}, "")],
+    ids=["max-attempts", "retry-budget"],
+)
+def test_gives_up_when_other_writers_always_win(
+    s3: S3Params, limit: dict[str, Any], attempts: str
+) -> None:
     other = _store(s3)
     client = s3.client()
     puts = _record_puts(client)
@@ -197,16 +205,23 @@ def test_gives_up_after_max_attempts(s3: S3Params) -> None:
         other.save({f"db.main.b{next(counter)}": _entry("b")})
 
     client.meta.events.register("before-call.s3.PutObject", always_interfere)
-    store = _store(s3, client=client, max_attempts=3)
+    store = _store(s3, client=client, **limit)
+    started = time.monotonic()
 
     with pytest.raises(StateConflictError) as caught:
         store.save({"db.main.a": _entry("a")})
 
-    assert str(caught.value) == (
-        f"{store.description} ({LABEL}): gave up saving state after 3 attempts:"
-        " other writers changed the object every time"
-    )
-    assert len(puts) == 3
+    elapsed = time.monotonic() - started
+    message = str(caught.value)
+    assert message.startswith(f"{store.description} ({LABEL}): gave up saving state after ")
+    assert message.endswith("s: other writers changed the object every time")
+    assert f"after {len(puts)} attempts in " in message
+    if attempts:
+        assert f"after {attempts} in " in message
+    else:
+        # The budget, not a count, ended it: no wait runs past the deadline.
+        assert len(puts) >= 2
+        assert 0.3 <= elapsed < 5.0, elapsed
     assert "db.main.a" not in json.loads(_get_raw(s3))["state"]
 
 
@@ -536,3 +551,149 @@ def test_concurrent_saves_of_one_key_keep_the_newest(crowd: _Crowd) -> None:
         f"{newest_worker}-{newest_write}",
         format_timestamp(_shared_key_time(newest_worker, newest_write)),
     )
+
+
+# --- a crowd on a large document ---------------------------------------------------------------
+#
+# 32 writers save into a 2,000-entry document at the same moment: every round only one
+# conditional write can win, so most writers lose many rounds in a row. With a fixed
+# count of attempts some gave up; on a time budget with full jitter all must get through.
+
+CROWD = 32
+LARGE = 2_000
+
+
+@pytest.mark.timeout(90)
+def test_thirty_two_writers_on_a_large_document_all_succeed(s3: S3Params) -> None:
+    base = {f"db.base.m{index}": _entry(f"base-{index}", sources={}) for index in range(LARGE)}
+    _put_raw(s3, json.dumps({"state": base}).encode())
+    stores = [_store(s3) for _ in range(CROWD)]
+    for store in stores:
+        store.probe()  # the client is built and connected before the race starts
+    start = threading.Barrier(CROWD)
+    errors: list[BaseException] = []
+    timings: list[float] = []
+
+    def write(worker: int) -> None:
+        start.wait()
+        began = time.monotonic()
+        try:
+            stores[worker].save({f"db.crowd.w{worker}": _entry(f"w{worker}", T1)})
+        except BaseException as exc:
+            errors.append(exc)
+        timings.append(time.monotonic() - began)
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(CROWD)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=80)
+    elapsed = time.monotonic() - started
+
+    assert errors == []
+    entries = _store(s3).load().entries
+    assert {key for key in entries if key.startswith("db.crowd.")} == {
+        f"db.crowd.w{worker}" for worker in range(CROWD)
+    }
+    assert len(entries) == LARGE + CROWD
+    assert all(entries[key] == base[key] for key in base)
+    print(f"\n{CROWD} writers: {elapsed:.1f}s in all, slowest save {max(timings):.1f}s")
+
+
+# --- throttling, silent endpoints and deadlines ------------------------------------------------
+
+
+def test_saves_ride_out_a_fifth_of_requests_failing(s3_server: MotoS3Server, s3: S3Params) -> None:
+    # SlowDown and InternalError are retried by botocore's standard mode within each call.
+    store = _store(s3)
+    with s3_server.flaky(0.2, seed=7) as faults:
+        for index in range(30):
+            store.save({f"db.main.m{index}": _entry(str(index))})
+        assert faults.injected > 0
+    assert len(_store(s3).load().entries) == 30
+
+
+def test_throttling_past_the_retry_budget_gives_up_in_bounded_time(
+    s3_server: MotoS3Server, s3: S3Params
+) -> None:
+    store = _store(s3, retry_budget=0.5)
+    with s3_server.flaky(1.0):
+        started = time.monotonic()
+        with pytest.raises(StateError) as caught:
+            store.load()
+        elapsed = time.monotonic() - started
+    # No retry is made whose wait (botocore's, up to 1 s after the first attempt) could
+    # end past the deadline, so the budget is a hard bound.
+    assert elapsed < 1.5, elapsed
+    assert str(caught.value).startswith(f"{store.description} ({LABEL}): cannot read state: ")
+    assert "SlowDown" in str(caught.value) or "InternalError" in str(caught.value)
+
+
+def _silent_listener() -> socket.socket:
+    # Listening but never accepting: the kernel completes the handshake, the
+    # request is sent, and no answer ever comes.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener
+
+
+def test_endpoint_that_never_answers_fails_within_a_few_timeouts() -> None:
+    with _silent_listener() as listener:
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        store = S3StateStore(
+            "bucket",
+            KEY,
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            label=LABEL,
+            timeout=0.5,
+        )
+        for action in (store.load, lambda: store.save({"k": _entry("a")})):
+            started = time.monotonic()
+            with pytest.raises(StateError) as caught:
+                action()
+            elapsed = time.monotonic() - started
+            # Three attempts of 0.5 s, plus botocore's waits (< 1 s, then < 2 s).
+            assert elapsed < 5.0, elapsed
+            assert "cannot read state: cannot reach endpoint" in str(caught.value)
+            assert "Read timeout" in str(caught.value)
+
+
+def test_bad_timeout_and_budget_are_refused() -> None:
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        S3StateStore("b", "k", timeout=0)
+    with pytest.raises(ValueError, match="retry_budget must be a finite number >= 0"):
+        S3StateStore("b", "k", retry_budget=float("nan"))
+
+
+SECRETS_WITH_SYMBOLS = ('pa/ss"w\\rd+%41-9f8e', 'tok/en+%2F"\\-5d4c')
+
+
+@pytest.mark.parametrize("secret", SECRETS_WITH_SYMBOLS)
+def test_credentials_in_the_endpoint_url_never_show(secret: str) -> None:
+    from airflow_provider_orchestra_dbt.state.secrets import secret_forms
+
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{reserved.getsockname()[1]}"
+        store = S3StateStore(
+            "bucket",
+            KEY,
+            endpoint_url=f"http://user:{secret}@{host}",
+            aws_access_key_id="testing",
+            aws_secret_access_key=secret,
+            aws_session_token=secret[::-1],
+            label=LABEL,
+            timeout=0.5,
+        )
+        texts = [repr(store), store.description]
+        with pytest.raises(StateError) as caught:
+            store.load()
+        texts.append(str(caught.value))
+    assert store.description == f"S3 object s3://bucket/{KEY} at http://***@{host}"
+    for text in texts:
+        for form in secret_forms(secret) | secret_forms(secret[::-1]):
+            assert form not in text

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import random
 import socket
 import threading
 from collections import deque
@@ -70,6 +71,8 @@ class Fault:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     delay: float = 0.0
+    drip: float = 0.0
+    """Seconds between single bytes of the body (a server that answers, very slowly)."""
 
 
 def _timestamp(entry: object) -> datetime | None:
@@ -101,6 +104,7 @@ class OrchestraStateServer:
         self._entries: dict[str, Any] = copy.deepcopy(dict(state or {}))
         self._extra: dict[str, Any] = {}
         self._faults: deque[Fault] = deque()
+        self._flaky: tuple[float, random.Random, tuple[Fault, ...]] | None = None
         self._requests: list[RecordedRequest] = []
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
@@ -210,6 +214,18 @@ class OrchestraStateServer:
         data = body.encode() if isinstance(body, str) else body
         self._queue(count, Fault(status=200, headers={"Content-Type": content_type}, body=data))
 
+    def drip_next(self, count: int, seconds_per_byte: float) -> None:
+        """Serve the next ``count`` requests normally, but send their bodies a byte at a time."""
+        self._queue(count, Fault(drip=seconds_per_byte))
+
+    def flaky(self, rate: float, faults: tuple[Fault, ...], *, seed: int = 0) -> None:
+        """From now on answer a ``rate`` share of requests with one of ``faults``, at random.
+
+        Seeded, so a failing run can be replayed; ``rate`` 0 switches it off.
+        """
+        with self._lock:
+            self._flaky = (rate, random.Random(seed), faults) if rate else None
+
     def _queue(self, count: int, fault: Fault) -> None:
         with self._lock:
             self._faults.extend([fault] * count)
@@ -218,7 +234,13 @@ class OrchestraStateServer:
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            if self._faults:
+                return self._faults.popleft()
+            if self._flaky is not None:
+                rate, chance, faults = self._flaky
+                if chance.random() < rate:
+                    return chance.choice(faults)
+            return None
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -296,7 +318,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         record = RecordedRequest(self.command, path, headers, body)
         self.owner._record(record)
-        status, reply_headers, reply = self._respond(path, body)
+        status, reply_headers, reply, drip = self._respond(path, body)
         if status == 0:
             return  # the server is stopping; drop the connection
         record.status = status
@@ -306,20 +328,31 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(reply)))
             self.end_headers()
-            self.wfile.write(reply)
+            if not drip:
+                self.wfile.write(reply)
+            for index in range(len(reply) if drip else 0):
+                self.wfile.write(reply[index : index + 1])
+                self.wfile.flush()
+                if self.owner._stopping.wait(drip):
+                    break
         except (BrokenPipeError, ConnectionResetError):
             # The client gave up (timed out) while we were delayed.
             self.close_connection = True
 
-    def _respond(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        json_type = {"Content-Type": "application/json"}
+    def _respond(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes, float]:
         fault = self.owner._next_fault()
+        drip = fault.drip if fault is not None else 0.0
         if fault is not None:
             if fault.delay and self.owner._stopping.wait(fault.delay):
                 self.close_connection = True
-                return 0, {}, b""
+                return 0, {}, b"", 0.0
             if fault.status is not None:
-                return fault.status, {**json_type, **fault.headers}, fault.body
+                headers = {"Content-Type": "application/json", **fault.headers}
+                return fault.status, headers, fault.body, drip
+        return (*self._serve(path, body), drip)
+
+    def _serve(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        json_type = {"Content-Type": "application/json"}
         if self.headers.get("Authorization") != f"Bearer {self.owner.token}":
             return 401, json_type, b'{"detail": "Invalid API key"}'
         if path != STATE_PATH:

@@ -29,6 +29,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import threading
 import urllib.request
 import uuid
@@ -121,6 +122,54 @@ class _SerializedApp:
                     close()
 
 
+_FAULTS = (
+    ("503 Slow Down", "SlowDown", "Please reduce your request rate."),
+    ("500 Internal Server Error", "InternalError", "We encountered an internal error."),
+)
+
+
+class _FlakyApp:
+    """WSGI middleware answering a share of S3 requests with SlowDown (503) or InternalError (500).
+
+    The two errors real S3 sends under load; moto never does. Seeded, so a
+    failing run can be replayed. moto's own control endpoints are left alone.
+    """
+
+    def __init__(self, app: WsgiApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self._rate = 0.0
+        self._random = random.Random(0)
+        self.injected = 0
+
+    def configure(self, rate: float, seed: int) -> None:
+        with self._lock:
+            self._rate, self._random, self.injected = rate, random.Random(seed), 0
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        with self._lock:
+            fault = None
+            control = environ.get("PATH_INFO", "").startswith("/moto-api")
+            if self._rate and not control and self._random.random() < self._rate:
+                fault = self._random.choice(_FAULTS)
+                self.injected += 1
+        if fault is None:
+            return self._app(environ, start_response)
+        # The request body is read so the connection stays usable.
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length:
+            environ["wsgi.input"].read(length)
+        status, code, message = fault
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>{message}</Message></Error>"
+        ).encode()
+        start_response(
+            status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+
 class MotoS3Server:
     """moto's threaded server on 127.0.0.1 and an OS-assigned free port.
 
@@ -131,6 +180,7 @@ class MotoS3Server:
     def __init__(self, *, serialize: bool = True) -> None:
         self._serialize = serialize
         self._server: Any = None
+        self._flaky: _FlakyApp | None = None
         self._saved_env: dict[str, str | None] = {}
         self._saved_log_level = logging.NOTSET
         self.endpoint_url = ""
@@ -167,14 +217,16 @@ class MotoS3Server:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         self._server = server
+        # ThreadedMotoServer has no option for these, so the app of its
+        # werkzeug server is wrapped once it exists (before any request).
+        wsgi_server = getattr(server, "_server", None)
+        if wsgi_server is None or not hasattr(wsgi_server, "app"):
+            self.stop()
+            raise RuntimeError("moto's ThreadedMotoServer internals changed; update me")
         if self._serialize:
-            # ThreadedMotoServer has no option for this, so the app of its
-            # werkzeug server is wrapped once it exists (before any request).
-            wsgi_server = getattr(server, "_server", None)
-            if wsgi_server is None or not hasattr(wsgi_server, "app"):
-                self.stop()
-                raise RuntimeError("moto's ThreadedMotoServer internals changed; update me")
             wsgi_server.app = _SerializedApp(wsgi_server.app)
+        self._flaky = _FlakyApp(wsgi_server.app)
+        wsgi_server.app = self._flaky
         host, port = server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
 
@@ -189,6 +241,20 @@ class MotoS3Server:
                 os.environ[name] = value
         self._saved_env.clear()
         logging.getLogger("werkzeug").setLevel(self._saved_log_level)
+
+    @contextlib.contextmanager
+    def flaky(self, rate: float, *, seed: int = 0) -> Iterator[_FlakyApp]:
+        """Answer a ``rate`` share of S3 requests with SlowDown or InternalError meanwhile.
+
+        Server-wide: tests using this must not run concurrently with others.
+        The yielded object's ``injected`` counts the errors sent.
+        """
+        assert self._flaky is not None, "server is not running"
+        self._flaky.configure(rate, seed)
+        try:
+            yield self._flaky
+        finally:
+            self._flaky.configure(0.0, seed)
 
     def params(self, bucket: str) -> S3Params:
         return S3Params(endpoint_url=self.endpoint_url, bucket=bucket)

@@ -36,6 +36,7 @@ EXPECTED_CONN_FIELDS = {
     "endpoint_url",
     "aws_conn_id",
     "aws_secret_access_key",
+    "retry_budget",
     "integration_account_id",
     "timeout",
 }

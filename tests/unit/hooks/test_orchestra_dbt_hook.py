@@ -563,3 +563,132 @@ def test_redact_masks_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     redacted = config.redact(f"a {API_KEY} b {AWS_SECRET} c {AWS_KEY_ID}")
 
     assert redacted == "a *** b *** c ***"
+
+
+# --- retry budget, timeouts and masking in every encoding ----------------------------------
+
+
+def test_timeout_and_retry_budget_reach_both_network_stores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limits = {"timeout": "7.5", "retry_budget": 45}
+    http = set_conn(
+        monkeypatch, "orch_budget_http", {"backend": "http", **limits}, password=API_KEY
+    )
+    s3 = set_conn(
+        monkeypatch, "orch_budget_s3", {"backend": "s3", "state_uri": "s3://b/k", **limits}
+    )
+    for conn_id in (http, s3):
+        config = OrchestraDbtHook(conn_id).config
+        assert (config.timeout, config.retry_budget) == (7.5, 45.0)
+        store: Any = OrchestraDbtHook(conn_id).get_state_store()
+        assert (store.timeout, store.retry_budget) == (7.5, 45.0)
+
+
+def test_retry_budget_defaults_to_two_minutes_and_may_be_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    default = set_conn(monkeypatch, "orch_budget_default", {"state_uri": "/x.json"})
+    assert OrchestraDbtHook(default).config.retry_budget == 120.0
+    zero = set_conn(monkeypatch, "orch_budget_zero", {"state_uri": "/x.json", "retry_budget": "0"})
+    assert OrchestraDbtHook(zero).config.retry_budget == 0.0
+
+
+@pytest.mark.parametrize("budget", ["later", -1, True, "inf"])
+def test_invalid_retry_budget(monkeypatch: pytest.MonkeyPatch, budget: object) -> None:
+    conn_id = set_conn(
+        monkeypatch, "orch_budget_bad", {"state_uri": "/x.json", "retry_budget": budget}
+    )
+    with pytest.raises(ValueError, match=r"orch_budget_bad.*'retry_budget' must be"):
+        _ = OrchestraDbtHook(conn_id).config
+
+
+# Each holds a character that an encoding changes: '/', '"', '\', '+' and '%'.
+SYMBOL_SECRET = 'sym/bol"s\\ecr+et%2F-77aa'
+SYMBOL_KEY = 'api/key"x\\y+z%41-88bb'
+
+
+def _forms(secret: str) -> set[str]:
+    from airflow_provider_orchestra_dbt.state.secrets import secret_forms
+
+    return secret_forms(secret)
+
+
+def test_secrets_are_registered_with_airflows_masker_in_every_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from urllib.parse import quote, quote_plus
+
+    from airflow.sdk._shared.secrets_masker import redact
+
+    url_password = 'url/pass"w\\rd+%-99cc'
+    conn_id = set_conn(
+        monkeypatch,
+        "orch_masker",
+        {
+            "backend": "s3",
+            "state_uri": "s3://b/k",
+            "aws_secret_access_key": SYMBOL_SECRET,
+            "endpoint_url": f"http://minio:{url_password}@minio.local:9000",
+        },
+        login=AWS_KEY_ID,
+        password=SYMBOL_KEY,
+    )
+    _ = OrchestraDbtHook(conn_id).config
+
+    for secret in (SYMBOL_SECRET, SYMBOL_KEY, url_password):
+        for text in (
+            secret,
+            quote(secret, safe=""),
+            quote_plus(secret),
+            json.dumps(secret)[1:-1],
+            json.dumps(secret)[1:-1].replace("/", "\\/"),
+        ):
+            assert redact(f"before {text} after") == "before *** after", text
+
+
+def test_credentials_in_urls_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    url_password = 'url/pass"w\\rd+%-99cc'
+    http = set_conn(
+        monkeypatch,
+        "orch_url_http",
+        {"backend": "http", "base_url": f"https://user:{url_password}@orchestra.example.com"},
+        password=SYMBOL_KEY,
+    )
+    s3 = set_conn(
+        monkeypatch,
+        "orch_url_s3",
+        {
+            "backend": "s3",
+            "state_uri": "s3://b/k",
+            "endpoint_url": f"http://user:{url_password}@127.0.0.1:1",
+        },
+    )
+    texts: list[str] = []
+    with pytest.raises(ValueError) as caught:
+        OrchestraDbtHook(http).get_state_store()
+    texts += [str(caught.value), repr(caught.value)]
+    texts.append(OrchestraDbtHook(http).test_connection()[1])
+    store = OrchestraDbtHook(s3).get_state_store()
+    texts += [store.description, repr(store)]
+    assert "http://***@127.0.0.1:1" in store.description
+    config = OrchestraDbtHook(s3).config
+    texts.append(config.redact(f"echo {url_password} {json.dumps(url_password)}"))
+    for text in texts:
+        for form in _forms(url_password) | _forms(SYMBOL_KEY):
+            assert form not in text, (form, text)
+
+
+def test_redact_masks_encoded_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.parse import quote
+
+    conn_id = set_conn(
+        monkeypatch,
+        "orch_redact_forms",
+        {"state_uri": "/x.json", "aws_secret_access_key": SYMBOL_SECRET},
+        login=AWS_KEY_ID,
+        password=SYMBOL_KEY,
+    )
+    config = OrchestraDbtHook(conn_id).config
+    text = f"{json.dumps(SYMBOL_KEY)} {quote(SYMBOL_SECRET, safe='')} {SYMBOL_KEY!r}"
+    assert config.redact(text) == "\"***\" *** '***'"

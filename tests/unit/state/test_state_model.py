@@ -310,3 +310,42 @@ def test_is_newer() -> None:
     assert is_newer(_entry("a", T0), _entry("b", None))
     assert not is_newer(_entry("a", None), _entry("b", T0))
     assert not is_newer(_entry("a", None), _entry("b", None))
+
+
+class _Opaque:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("run", "field", "problem"),
+    [
+        ({"x": float("nan")}, "run.x", "nan is not a finite number"),
+        ({"x": [1, {"y": float("inf")}]}, "run.x[1].y", "inf is not a finite number"),
+        ({"ids": {1, 2}}, "run.ids", "a value of type 'set' cannot be stored in JSON"),
+        ({"raw": b"x"}, "run.raw", "a value of type 'bytes' cannot be stored in JSON"),
+        ({"obj": _Opaque()}, "run.obj", "a value of type '_Opaque' cannot be stored in JSON"),
+        ({"note": "\ud800"}, "run.note", "lone surrogate"),
+        ({"m": {1: "a", "b": "c"}}, "run.m", "keys of mixed types (int, str) cannot be sorted"),
+    ],
+)
+def test_a_value_json_cannot_hold_is_named_by_entry_and_field(
+    run: dict[str, Any], field: str, problem: str
+) -> None:
+    from airflow_provider_orchestra_dbt.state.model import validate_update
+
+    update = {"db.main.m": {"checksum": "c", "last_updated": T0, "run": run}}
+    with pytest.raises(StateFormatError) as info:
+        validate_update(update, origin="state update for X")
+    message = str(info.value)
+    assert message.startswith(
+        f"state update for X is not JSON-serialisable: entry 'db.main.m', field {field!r}: "
+    )
+    assert problem in message
+
+
+def test_nan_in_a_checked_field_is_named_too() -> None:
+    from airflow_provider_orchestra_dbt.state.model import validate_update
+
+    update = {"db.main.m": {"checksum": "c", "execution_time": float("nan")}}
+    with pytest.raises(StateFormatError, match=r"entry 'db.main.m', field 'execution_time': nan"):
+        validate_update(update, origin="u")

@@ -19,6 +19,12 @@ writing to the warehouse for a moment, has died too (the worker dies with its pa
 ``worker/dbt_worker.py``). A lock the worker took on its own file would not do: the parent
 could not wait for it, and a worker that has not started yet would hold nothing. No Airflow
 imports.
+
+Runs on *different* machines share no kernel, so on top of that the run takes a lease in the
+state store (``state/lease.py``) when the store can keep one: the flock first, then the
+lease, both held for the same span. The lease's heartbeat renews it while the run goes on;
+should it be lost (the run was paused past its expiry and another run took it over), the run
+is told through ``on_lease_lost`` and stops dbt.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +45,14 @@ from airflow_provider_orchestra_dbt.locking import (
     LockTimeout,
     flock_exclusive,
     open_lock_file,
+)
+from airflow_provider_orchestra_dbt.state.errors import StateError
+from airflow_provider_orchestra_dbt.state.lease import (
+    Lease,
+    LeaseInterrupted,
+    LeaseRecord,
+    LeaseTimeout,
+    LeaseUnavailable,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +66,8 @@ LOCK_FILE_NAME = "run.lock"
 _FIRST_POLL = 0.02
 _MAX_POLL = 0.25
 _MAX_HOLDER_BYTES = 4096
+# A run waiting for a lease says again whom it waits for at least this often (seconds).
+_REPEAT_WAITING = 60.0
 
 
 class RunLockError(RuntimeError):
@@ -115,8 +132,12 @@ class RunLock:
         log: RunLogger,
         label: str = "",
         stop: threading.Event | None = None,
+        lease: Lease | None = None,
+        on_lease_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
+        self.lease = lease
+        self._on_lease_lost = on_lease_lost
         self.what = what
         self.timeout = timeout
         self.label = label
@@ -203,6 +224,8 @@ class RunLock:
             self.release()
             raise RunLockError(f"cannot lock {self.path}: {exc}") from exc
         self._locked = True
+        if self.lease is not None:
+            waited += self._acquire_lease(self.lease, self.timeout - waited)
         if self._writable:
             with contextlib.suppress(OSError):  # the description is a courtesy to waiters
                 os.ftruncate(fd, 0)
@@ -211,8 +234,99 @@ class RunLock:
             self.log.info("Got the run lock of %s after waiting %.1fs", self.what, waited)
         return waited
 
-    def release(self) -> None:
-        """Close our descriptor: the lock is free once no child holds a copy either."""
+    def _acquire_lease(self, lease: Lease, timeout: float) -> float:
+        """Take the lease after the flock; on failure the flock is released too."""
+        announced: list[tuple[float, str]] = []
+
+        def on_wait(waited: float, holder: LeaseRecord | None) -> None:
+            text = holder.describe() if holder else "holder unknown"
+            if not announced:
+                self.log.info(
+                    "Waiting for another run of %s (on another machine, or from another "
+                    "checkout): it holds the lease %s (%s); waiting up to %gs (lock_timeout)",
+                    self.what,
+                    lease.location,
+                    text,
+                    self.timeout,
+                )
+            elif holder is not None and (
+                text.split(";")[0] != announced[-1][1].split(";")[0]
+                or waited - announced[-1][0] >= _REPEAT_WAITING
+            ):
+                self.log.info(
+                    "Still waiting after %.0fs for the lease of %s: held by %s",
+                    waited,
+                    self.what,
+                    text,
+                )
+            else:
+                return
+            announced.append((waited, text))
+
+        try:
+            waited = lease.acquire(timeout=max(timeout, 0.0), stop=self._stop, on_wait=on_wait)
+        except LeaseTimeout as exc:
+            self.release()
+            holder = exc.holder.describe() if exc.holder else "holder unknown"
+            raise RunLockError(
+                f"another run of {self.what} holds its lease {lease.location}: {holder}; gave "
+                f"up after {self.timeout:g}s in all (lock_timeout). Runs of one project and "
+                "target take turns across machines: raise lock_timeout to wait longer"
+            ) from None
+        except LeaseInterrupted:
+            self.release()
+            raise RunLockStopped(f"stopped while waiting for the lease of {self.what}") from None
+        except LeaseUnavailable as exc:
+            self.log.warning(
+                "Runs of %s on other machines are not kept apart: the state store cannot keep "
+                "its lease (%s). Allow this run to write %s to fix it",
+                self.what,
+                exc,
+                lease.location,
+            )
+            self.lease = None
+            return 0.0
+        except StateError as exc:
+            self.release()
+            raise RunLockError(f"cannot take the lease of {self.what}: {exc}") from None
+        if lease.taken_over is not None:
+            self.log.warning(
+                "Took over the lease %s of %s from %s: it was not renewed for %gs, so that run "
+                "crashed, lost its machine or was paused",
+                lease.location,
+                self.what,
+                lease.taken_over.describe(),
+                lease.taken_over.ttl,
+            )
+        if announced:
+            self.log.info("Got the lease of %s after waiting %.1fs", self.what, waited)
+        lease.start_heartbeat(self._lease_lost, self._lease_renewal_failed)
+        return waited
+
+    def _lease_lost(self, reason: str) -> None:
+        error = getattr(self.log, "error", self.log.warning)
+        error(
+            "Lost the lease of %s: %s. Another run may be building the same models now",
+            self.what,
+            reason,
+        )
+        if self._on_lease_lost is not None:
+            self._on_lease_lost(reason)
+
+    def _lease_renewal_failed(self, reason: str) -> None:
+        self.log.warning("Could not renew the lease of %s (will retry): %s", self.what, reason)
+
+    def release(self, *, give_back_lease: bool = True) -> None:
+        """Close our descriptor: the lock is free once no child holds a copy either.
+
+        The lease is given back too, or with ``give_back_lease=False`` (the worker may still
+        run) left to expire within its ttl.
+        """
+        if self.lease is not None:
+            if give_back_lease:
+                self.lease.release()
+            else:
+                self.lease.abandon()
         fd, self._fd = self._fd, None
         locked, self._locked = self._locked, False
         if fd is None:

@@ -8,6 +8,8 @@ Runs of the same project and target on one machine take turns (``engine/run_lock
 run holds the lock from before it reads the state until its worker has exited, so the next
 run plans on what this one built and never meets it in the warehouse. The worker shares the
 lock's descriptor, so even a run killed outright keeps it until its worker has died too.
+Runs on different machines take turns on a lease in the state store for the same span, when
+the store can keep one (S3, the local file store; see ``state/lease.py``).
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ from airflow_provider_orchestra_dbt.engine.report import (
 )
 from airflow_provider_orchestra_dbt.engine.run_lock import (
     LOCK_FILE_NAME,
+    Holder,
     RunLock,
     RunLockError,
     RunLockStopped,
 )
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
+from airflow_provider_orchestra_dbt.state.lease import DEFAULT_LEASE_TTL, Lease, lease_file_name
+from airflow_provider_orchestra_dbt.state.store import LeaseStore
 from airflow_provider_orchestra_dbt.worker.client import WorkerError, WorkerProcess
 from airflow_provider_orchestra_dbt.worker.compat import (
     IncompatibleWorker,
@@ -62,6 +67,7 @@ from airflow_provider_orchestra_dbt.worker.compat import (
 from airflow_provider_orchestra_dbt.worker.dbt_worker import PROTOCOL_VERSION
 
 CACHE_DIR_ENV = "ORCHESTRA_DBT_CACHE_DIR"
+LEASE_TTL_ENV = "ORCHESTRA_DBT_LEASE_TTL"
 # Exit codes of a worker that was stopped (SIGINT) rather than one that crashed; None: no code
 # yet because it is still shutting down.
 _INTERRUPTED = frozenset({None, 130, -2})
@@ -96,6 +102,7 @@ class DbtSession:
         self._dotenv: dict[str, str] = {}
         self._stopped = threading.Event()
         self._run_lock: RunLock | None = None
+        self._lease_lost: str | None = None
         # Only for a state-aware execution: its node lines count up to the nodes to execute.
         self._progress: ExecutionProgress | None = None
 
@@ -111,15 +118,22 @@ class DbtSession:
             return self._stateful(run_dir, target_path)
         except WorkerError as exc:
             raise DbtRunError(_explain(exc, config)) from exc
+        except DbtRunError as exc:
+            if self._lease_lost is None:
+                raise
+            raise DbtRunError(f"{exc}: stopped because this run lost its lease") from exc
         finally:
+            worker_gone = False
             try:
                 if self._worker is not None:
                     self._worker.close()
+                worker_gone = True
             finally:
                 # Only now: DuckDB's file lock is the worker's until that process has exited.
-                # (Should close() fail, the worker's copy keeps the run lock until it is gone.)
+                # (Should close() fail, the worker's copy keeps the run lock until it is gone,
+                # and the lease is left to expire rather than given back.)
                 if self._run_lock is not None:
-                    self._run_lock.release()
+                    self._run_lock.release(give_back_lease=worker_gone)
                     self._run_lock = None
                 shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -257,6 +271,8 @@ class DbtSession:
             log=self.log,
             label=label,
             stop=self._stopped,
+            lease=self._lease(label),
+            on_lease_lost=self._on_lease_lost,
         )
         try:
             lock.open()
@@ -264,6 +280,33 @@ class DbtSession:
             raise DbtRunError(str(exc)) from None
         self._run_lock = lock
         return lock
+
+    def _lease(self, label: str) -> Lease | None:
+        """The lease runs on other machines take turns on, if the state store keeps leases."""
+        store = self.store
+        if store is None:
+            return None
+        if not isinstance(store, LeaseStore):
+            self.log.info(
+                "Runs of %s on other machines are not kept apart: %s keeps no lease, so only "
+                "runs on this machine take turns (use S3 or a shared-file-system state for "
+                "runs on several workers)",
+                _where(self.config),
+                store.description,
+            )
+            return None
+        holder = Holder.current(label)
+        return Lease(
+            store,
+            lease_name(self.config),
+            holder={"pid": holder.pid, "host": holder.host, "since": holder.since, "label": label},
+            ttl=_lease_ttl(),
+        )
+
+    def _on_lease_lost(self, reason: str) -> None:
+        """Another run may be building our models: stop dbt rather than race it."""
+        self._lease_lost = reason
+        self.stop()
 
     def _lock_run(self) -> None:
         """Wait for other runs of this project and target; held until ``run`` ends."""
@@ -437,6 +480,37 @@ def cache_dir(config: DbtRunConfig) -> Path:
     profiles_dir = config.profiles_dir.resolve() if config.profiles_dir else ""
     identity = "|".join([str(config.project_dir.resolve()), str(profiles_dir), str(config.target)])
     return root / hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def lease_name(config: DbtRunConfig) -> str:
+    """The lease's file name: the same on every machine for one project, profile and target.
+
+    From ``dbt_project.yml``'s ``name`` and ``profile`` rather than the project's path, which
+    may differ between workers; the target as given (``default``: the profile's default).
+    """
+    name = profile = None
+    try:
+        import yaml
+
+        project = yaml.safe_load((config.project_dir / "dbt_project.yml").read_text()) or {}
+        if isinstance(project, Mapping):
+            name, profile = project.get("name"), project.get("profile")
+    except Exception:  # dbt reports a broken project itself, with a better message
+        pass
+    return lease_file_name(
+        config.key_prefix or None,
+        str(name) if name else config.project_dir.resolve().name,
+        str(profile) if profile else None,
+        config.target or "default",
+    )
+
+
+def _lease_ttl() -> float:
+    try:
+        ttl = float(os.environ.get(LEASE_TTL_ENV) or DEFAULT_LEASE_TTL)
+    except ValueError:
+        return DEFAULT_LEASE_TTL
+    return ttl if ttl > 0 else DEFAULT_LEASE_TTL
 
 
 def run_lock_path(config: DbtRunConfig) -> Path:

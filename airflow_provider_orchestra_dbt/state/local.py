@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
 import stat
 import tempfile
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from airflow_provider_orchestra_dbt.locking import LockTimeout, flock_exclusive, open_lock_file
 from airflow_provider_orchestra_dbt.state.errors import StateError
+from airflow_provider_orchestra_dbt.state.lease import LEASE_DIR, LeaseUnavailable
 from airflow_provider_orchestra_dbt.state.model import (
     StateDocument,
     StateEntries,
@@ -23,6 +26,7 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 """Seconds ``save`` waits for the lock before giving up."""
 
 _DEFAULT_MODE = 0o644
+_REFUSED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class LocalFileStateStore:
@@ -112,6 +116,49 @@ class LocalFileStateStore:
             self._write(target, merged.to_json_bytes())
         return merged
 
+    # -- leases (state/lease.py): one file per project and target next to the state ----------
+
+    def lease_path(self, name: str) -> Path:
+        """The file of lease ``name``: ``<state file's dir>/orchestra_dbt_leases/<name>``."""
+        return self._target().parent / LEASE_DIR / name
+
+    def lease_location(self, name: str) -> str:
+        return f"local file {self.lease_path(name)}"
+
+    def read_lease(self, name: str) -> tuple[bytes | None, str | None]:
+        """The lease record and its version (a digest), or ``(None, None)`` when there is none.
+
+        Raises:
+            StateError: the file exists but cannot be read.
+        """
+        with _lease_errors():
+            data = self._read(self.lease_path(name))
+        return (None, None) if data is None else (data, _digest(data))
+
+    def write_lease(self, name: str, data: bytes, version: str | None) -> str | None:
+        """Replace the lease file if it is still at ``version`` (None: still absent).
+
+        Decided under the state file's lock, so on a file system whose ``flock`` holds across
+        machines (NFSv4, EFS, ...) runs on different machines exclude each other too. Returns
+        the new version, or None when another run changed the file first.
+
+        Raises:
+            StateError: the lock or the file failed.
+        """
+        target = self._target()
+        path = self.lease_path(name)
+        with _lease_errors():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"cannot create directory {path.parent}: {exc}") from exc
+            with self._locked(target.with_name(target.name + ".lock")):
+                current = self._read(path)
+                if (None if current is None else _digest(current)) != version:
+                    return None
+                self._write(path, data)
+        return _digest(data)
+
     def _target(self) -> Path:
         # Resolved on every call rather than once, because the symlink may be
         # created or repointed after the store is constructed.
@@ -182,6 +229,22 @@ class LocalFileStateStore:
             if tmp_path is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp_path)
+
+
+@contextlib.contextmanager
+def _lease_errors() -> Iterator[None]:
+    """``LeaseUnavailable`` for a lease this user may not keep here (permissions, read-only)."""
+    try:
+        yield
+    except StateError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in _REFUSED:
+            raise LeaseUnavailable(str(exc)) from cause
+        raise
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _fsync_directory(directory: Path) -> None:

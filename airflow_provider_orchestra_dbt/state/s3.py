@@ -22,6 +22,7 @@ every parse for DAGs that never touch S3.
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,7 @@ from airflow_provider_orchestra_dbt.state.errors import (
     StateConflictError,
     StateError,
 )
+from airflow_provider_orchestra_dbt.state.lease import LEASE_DIR, LeaseUnavailable
 from airflow_provider_orchestra_dbt.state.model import (
     StateDocument,
     StateEntries,
@@ -66,6 +68,10 @@ _CONNECT_TIMEOUT_MAX = 10.0
 # a minute of throttling, and the retry budget cuts them short.
 _CLIENT_MAX_ATTEMPTS = 12
 _BOTOCORE_MAX_BACKOFF = 20.0
+
+# Seconds one lease read or write keeps retrying throttling and 5xx (the heartbeat
+# renews every ttl/3 and tries again on the next beat).
+_LEASE_RETRY_BUDGET = 10.0
 
 _URI_SCHEME = "s3://"
 _CONTENT_TYPE = "application/json"
@@ -310,6 +316,83 @@ class S3StateStore:
                 return None
             raise self._error(f"cannot read {_URI_SCHEME}{self._bucket}/{key}", exc) from None
         return data
+
+    # -- leases (state/lease.py): one object per project and target next to the state ---------
+
+    def lease_key(self, name: str) -> str:
+        """The key of lease ``name``: ``<state key's folder>/orchestra_dbt_leases/<name>``."""
+        folder = posixpath.dirname(self._key)
+        return posixpath.join(folder, LEASE_DIR, name) if folder else f"{LEASE_DIR}/{name}"
+
+    def lease_location(self, name: str) -> str:
+        return f"{_URI_SCHEME}{self._bucket}/{self.lease_key(name)}"
+
+    def read_lease(self, name: str) -> tuple[bytes | None, str | None]:
+        """The lease record and its ETag, or ``(None, None)`` when there is none.
+
+        Raises:
+            StateError: the read failed.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self.lease_key(name)
+        try:
+            with self._lease_deadline():
+                response = self._get_client().get_object(Bucket=self._bucket, Key=key)
+                data: bytes = response["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            if _error_code(exc) in _NO_SUCH_KEY_CODES:
+                return None, None
+            action = f"cannot read the lease {self.lease_location(name)}"
+            raise self._lease_error(action, exc) from None
+        return data, str(response["ETag"])
+
+    def write_lease(self, name: str, data: bytes, version: str | None) -> str | None:
+        """Write the lease record if it is still at ``version`` (None: still absent).
+
+        Returns the new ETag, or None when another run changed it first.
+
+        Raises:
+            StateError: the write failed otherwise.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            with self._lease_deadline():
+                response = self._get_client().put_object(
+                    Bucket=self._bucket,
+                    Key=self.lease_key(name),
+                    Body=data,
+                    ContentType=_CONTENT_TYPE,
+                    **condition,
+                )
+        except (BotoCoreError, ClientError) as exc:
+            code = _error_code(exc)
+            if code in _CONFLICT_CODES or (version is not None and code in _NO_SUCH_KEY_CODES):
+                return None
+            action = f"cannot write the lease {self.lease_location(name)}"
+            raise self._lease_error(action, exc) from None
+        return str(response["ETag"])
+
+    def _lease_error(self, action: str, exc: BaseException) -> StateError:
+        """``LeaseUnavailable`` when no retry can help (no permission, no conditional writes)."""
+        error = self._error(action, exc)
+        if _error_code(exc) in _ACCESS_DENIED_CODES | {"NotImplemented"}:
+            return LeaseUnavailable(str(error))
+        return error
+
+    @contextlib.contextmanager
+    def _lease_deadline(self) -> Iterator[RetryClock]:
+        """As ``_deadline``, on a short budget: a lease call is retried by its caller's loop,
+        and a renewal stuck for minutes would outlive the lease it renews."""
+        clock = RetryClock(min(self._budget, _LEASE_RETRY_BUDGET), _BACKOFF_START, _BACKOFF_MAX)
+        outer = getattr(self._calls, "clock", None)
+        self._calls.clock = clock
+        try:
+            yield clock
+        finally:
+            self._calls.clock = outer
 
     def _read(self) -> tuple[StateDocument, str | None]:
         """Return the stored document and its ETag, or an empty one and ``None``."""

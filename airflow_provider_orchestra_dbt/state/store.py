@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 from airflow_provider_orchestra_dbt.state.model import StateDocument, StateEntries
 
-__all__ = ["StateStore"]
+__all__ = ["LeaseStore", "StateStore"]
 
 
 @runtime_checkable
@@ -53,5 +53,38 @@ class StateStore(Protocol):
             StateConflictError: concurrent writers kept winning and the store
                 gave up retrying.
             StateError: the store could not be read or written.
+        """
+        ...
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """A store that can also keep leases (``state/lease.py``): small records next to the state.
+
+    Runs on different machines take turns through a lease, so a store offers these only if
+    its writes are compare-and-swap for every machine sharing it: S3 (conditional writes)
+    and the local file store (a ``flock`` on the state's lock file, which a shared file
+    system must honour across machines). The Orchestra HTTP API has no such operation.
+    """
+
+    def lease_location(self, name: str) -> str:
+        """Where lease ``name`` is kept, for logs (no credentials)."""
+        ...
+
+    def read_lease(self, name: str) -> tuple[bytes | None, str | None]:
+        """The stored record and an opaque version of it, or ``(None, None)``.
+
+        Raises:
+            StateError: the store could not be read.
+        """
+        ...
+
+    def write_lease(self, name: str, data: bytes, version: str | None) -> str | None:
+        """Store ``data`` only if the record is still at ``version`` (None: still absent).
+
+        Returns the new version, or None when the record had changed (nothing written).
+
+        Raises:
+            StateError: the store could not be written.
         """
         ...

@@ -1,0 +1,304 @@
+"""Runs on different machines take turns on a lease in the S3 state store (moto over HTTP).
+
+First the lease itself against S3's conditional writes (on a fake clock, so a ttl of a minute
+passes in no time), then two real CLI runs of the tutorial project that share only the S3
+state: each has its own cache dir, so their machine-local run locks are different files, as
+on two workers. The lease alone keeps them apart: the second waits, names the first as the
+holder, and its dbt work starts only after the first one's has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from support.s3_server import MotoS3Server, S3Params
+from support.tutorial import Workspace, built, decisions, short
+
+from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.engine.session import lease_name
+from airflow_provider_orchestra_dbt.state import S3StateStore
+from airflow_provider_orchestra_dbt.state.lease import (
+    LEASE_DIR,
+    Lease,
+    LeaseLost,
+    LeaseRecord,
+    LeaseUnavailable,
+)
+from airflow_provider_orchestra_dbt.state.store import LeaseStore
+
+pytestmark = pytest.mark.integration
+
+KEY = "dbt/state.json"
+NAME = "shop--shop--prod.json"
+TTL = 60.0
+LOG = logging.getLogger("test")
+
+
+class FakeClock:
+    """Time that moves only when someone waits: S3 does not care what time we think it is."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        self.now += max(seconds, 0.0)
+        return event.is_set()
+
+
+@pytest.fixture
+def s3(s3_server: MotoS3Server) -> S3Params:
+    return s3_server.create_bucket()
+
+
+def store(params: S3Params) -> S3StateStore:
+    return S3StateStore(params.bucket, KEY, **params.store_kwargs())
+
+
+def lease(params: S3Params, clock: FakeClock | None, label: str) -> Lease:
+    holder = {"pid": os.getpid(), "host": "worker", "since": "2026-12-01T06:00:00Z", "label": label}
+    return Lease(store(params), NAME, holder=holder, ttl=TTL, clock=clock)
+
+
+def stored(params: S3Params, name: str = NAME) -> LeaseRecord:
+    body = params.client().get_object(Bucket=params.bucket, Key=f"dbt/{LEASE_DIR}/{name}")["Body"]
+    record = LeaseRecord.from_bytes(body.read())
+    assert record is not None
+    return record
+
+
+# -- the lease on S3 -------------------------------------------------------------------------------
+
+
+def test_s3_leases_exclude_each_other_and_live_next_to_the_state(s3: S3Params) -> None:
+    clock = FakeClock()
+    a, b = lease(s3, clock, "run a"), lease(s3, clock, "run b")
+    assert isinstance(a.store, LeaseStore)
+    assert a.location == f"s3://{s3.bucket}/dbt/{LEASE_DIR}/{NAME}"
+    assert a.try_acquire()
+    assert not b.try_acquire()
+    assert b.blocking is not None and b.blocking.holder["label"] == "run a"
+    assert "(run a); lease expires" in b.blocking.describe()
+    assert stored(s3).holder["label"] == "run a"
+    assert store(s3).load().entries == {}, "the state object is not touched"
+
+
+def test_s3_lease_renewed_is_kept_unrenewed_is_taken_over_and_released_only_if_ours(
+    s3: S3Params,
+) -> None:
+    clock = FakeClock()
+    a, b = lease(s3, clock, "run a"), lease(s3, clock, "run b")
+    a.try_acquire()
+    for _ in range(6):  # two ttls, renewed every third of one
+        clock.now += TTL / 3
+        a.renew()
+        assert not b.try_acquire()
+    assert stored(s3).revision == 6
+    # a stops renewing (crashed, or paused): b takes over one ttl after it last saw a change
+    waited = b.acquire(timeout=10 * TTL)
+    assert TTL <= waited <= TTL + 1.5
+    assert b.taken_over is not None and b.taken_over.holder["label"] == "run a"
+    assert stored(s3).holder["label"] == "run b"
+    with pytest.raises(LeaseLost):
+        a.renew()
+    assert a.release() is False and stored(s3).holder["label"] == "run b", "not a's to release"
+    assert b.release() is True and stored(s3).released
+    c = lease(s3, clock, "run c")
+    assert c.try_acquire() and c.taken_over is None, "a released lease is free at once"
+
+
+def test_s3_leases_taken_by_many_at_once_go_to_exactly_one(s3: S3Params) -> None:
+    leases = [lease(s3, None, f"run {i}") for i in range(8)]
+    barrier = threading.Barrier(len(leases))
+
+    def take(one: Lease) -> None:
+        barrier.wait()
+        one.try_acquire()
+
+    threads = [threading.Thread(target=take, args=(one,)) for one in leases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    [winner] = [one for one in leases if one.held]
+    assert stored(s3).token == winner.token
+    winner.release()
+
+
+def test_credentials_scoped_to_the_state_key_make_the_lease_unavailable_not_an_error(
+    s3_server: MotoS3Server, s3: S3Params
+) -> None:
+    # A policy written before leases existed: read and write the state object, nothing else.
+    key_id, secret = s3_server.create_user(
+        f"state-only-{uuid.uuid4().hex[:8]}",
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObject", "s3:PutObject"],
+                    "Resource": [f"arn:aws:s3:::{s3.bucket}/{KEY}"],
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": f"arn:aws:s3:::{s3.bucket}",
+                },
+            ],
+        },
+    )
+    scoped = S3StateStore(
+        s3.bucket,
+        KEY,
+        **{**s3.store_kwargs(), "aws_access_key_id": key_id, "aws_secret_access_key": secret},
+    )
+    with s3_server.iam_auth():
+        assert scoped.load().entries == {}
+        with pytest.raises(LeaseUnavailable, match="access denied"):
+            scoped.read_lease(NAME)
+        with pytest.raises(LeaseUnavailable, match="access denied"):
+            scoped.write_lease(NAME, b"{}", None)
+
+
+# -- two CLI runs on "two machines" ----------------------------------------------------------------
+
+# The CLI with its state in S3: --state-file is swapped for the S3 object named in the env.
+DRIVER = """
+import os, sys
+from airflow_provider_orchestra_dbt import cli
+from airflow_provider_orchestra_dbt.state import S3StateStore
+cli.LocalFileStateStore = lambda path: S3StateStore.from_uri(
+    os.environ["TEST_STATE_URI"], endpoint_url=os.environ["TEST_S3_ENDPOINT"]
+)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+INTERVALS = {
+    "a": {"data_interval_start": "2024-01-01", "data_interval_end": "2024-03-01"},
+    "b": {"data_interval_start": "2024-03-01", "data_interval_end": "2024-05-01"},
+}
+STARTUP_BOUND = 180.0
+RUN_BOUND = 300.0
+
+
+class Machine:
+    """One CLI run with a cache dir (and so a run lock) of its own, its output in a file."""
+
+    def __init__(self, ws: Workspace, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_path = ws.root / f"{name}.log"
+        self.report_path = ws.root / f"{name}-report.json"
+        self.target_path = ws.root / f"{name}-target"
+        env = {**env, "ORCHESTRA_DBT_CACHE_DIR": str(ws.root / f"cache-{name}")}
+        argv = [
+            sys.executable, "-c", DRIVER, "build",
+            "--project-dir", str(ws.project),
+            "--profiles-dir", str(ws.project),
+            "--state-file", "in-s3",
+            "--report", str(self.report_path),
+            "--target-path", str(self.target_path),
+            "--vars", json.dumps(INTERVALS[name]),
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def report(self) -> dict[str, Any]:
+        report: dict[str, Any] = json.loads(self.report_path.read_text())
+        return report
+
+    def window(self) -> tuple[datetime, datetime]:
+        """When this run's dbt work started and ended, from its run_results.json."""
+        results = json.loads((self.target_path / "run_results.json").read_text())["results"]
+        moments = [
+            datetime.fromisoformat(t[k].replace("Z", "+00:00")).replace(tzinfo=UTC)
+            for r in results
+            for t in r["timing"]
+            for k in ("started_at", "completed_at")
+        ]
+        return min(moments), max(moments)
+
+    def wait_until_logged(self, text: str) -> None:
+        deadline = time.monotonic() + STARTUP_BOUND
+        while text not in self.log:
+            assert self.proc.poll() is None, f"run {self.name} ended early:\n{self.log[-5000:]}"
+            assert time.monotonic() < deadline, f"run {self.name} never logged {text!r}"
+            time.sleep(0.1)
+
+    def finish(self) -> int:
+        try:
+            return self.proc.wait(RUN_BOUND)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"run {self.name} did not finish:\n{self.log[-5000:]}") from None
+
+
+def test_two_runs_on_two_machines_take_turns_on_the_s3_lease(ws: Workspace, s3: S3Params) -> None:
+    state = store(s3)
+    s3.client().put_object(Bucket=s3.bucket, Key=KEY, Body=ws.state_file.read_bytes())
+    ws.state_file.unlink()  # the state lives in S3 only
+    ws.append("orders")  # news for the first run to build; the second should reuse it
+    config = DbtRunConfig.create(project_dir=ws.project, profiles_dir=ws.project)
+    name = lease_name(config)
+    assert name == "orchestra_tutorial--orchestra_tutorial--default.json"
+    holder = {"pid": os.getpid(), "host": "gate-host", "since": "", "label": "gate"}
+    # The test holds the lease while both runs start, so both are known to wait for it.
+    gate = Lease(state, name, holder=holder)
+    assert gate.try_acquire()
+    with ws.env():
+        env = {
+            **os.environ,
+            "TEST_STATE_URI": state.uri,
+            "TEST_S3_ENDPOINT": s3.endpoint_url,
+        }
+    machines = [Machine(ws, name, env) for name in INTERVALS]
+    try:
+        for machine in machines:
+            machine.wait_until_logged("on another machine, or from another checkout): it holds")
+            assert (
+                "pid" in machine.log and "on gate-host" in machine.log and "(gate)" in machine.log
+            )
+        gate.release()
+        codes = {machine.name: machine.finish() for machine in machines}
+    finally:
+        gate.release()
+        for machine in machines:
+            if machine.proc.poll() is None:
+                machine.proc.kill()
+                machine.proc.wait()
+    for machine in machines:
+        assert codes[machine.name] == 0, f"{machine.name}:\n{machine.log[-5000:]}"
+    a, b = machines
+    first, second = (a, b) if f"held by pid {a.proc.pid} " in b.log else (b, a)
+    assert f"held by pid {first.proc.pid} " in second.log, second.log[-5000:]
+    assert "Got the lease of" in second.log
+    # No machine-local lock was waited for: each run had its own.
+    assert "holds the run lock" not in first.log + second.log
+
+    first_end, second_start = first.window()[1], second.window()[0]
+    assert first_end <= second_start, "the dbt work of the two runs overlapped"
+    # The second planned on what the first built: it read the state under the lease.
+    first_built = built(first.report())
+    assert {"stg_orders", "int_orders_enriched", "fct_daily_revenue"} <= first_built
+    assert built(second.report()) == {"fct_daily_revenue"}
+    assert set(decisions(second.report(), "reuse")) >= first_built - {"fct_daily_revenue"}
+    entries = {short(e["unique_id"]) for e in state.load().entries.values()}
+    assert "fct_daily_revenue" in entries
+    assert stored(s3, name).released, "given back at the end"

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lock-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long to wait for another run of the same project and target on this "
-        "machine to finish (default: 3600; 0: fail at once)",
+        help="how long to wait for another run of the same project and target (on this "
+        "machine, or any sharing the state store) to finish (default: 3600; 0: fail at once)",
     )
     parser.add_argument(
         "--plan-for",

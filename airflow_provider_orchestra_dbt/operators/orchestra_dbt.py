@@ -91,8 +91,9 @@ class OrchestraDbtOperator(BaseOperator):
         directory (default: a per-run temp dir, removed afterwards). Runs of one project and
         target take turns, so a fixed path holds the latest run's artifacts; template it, e.g.
         ``"/data/dbt-artifacts/{{ run_id }}"``, to keep each run's. Templated.
-    :param lock_timeout: seconds to wait for another run of the same project and target on
-        this machine to finish before failing (default 3600; 0 fails at once).
+    :param lock_timeout: seconds to wait for another run of the same project and target (on
+        this machine, or any sharing the state store) to finish before failing (default 3600;
+        0 fails at once).
     :param push_node_details: also push per-node decisions and results to XCom
         (key ``orchestra_dbt_nodes``).
     :param manifest_path: the project's ``manifest.json``, read when the DAG is parsed to

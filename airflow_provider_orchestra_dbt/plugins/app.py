@@ -58,6 +58,13 @@ _PICTURE_HEADERS = {
 }
 
 
+# The reuse pages link to each other inside the UI's iframe: a sandbox would make them an
+# opaque origin whose navigations carry no login cookie. Scripts stay forbidden all the same.
+_REUSE_HEADERS = _PICTURE_HEADERS | {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+}
+
+
 def _picture_response(path: Path) -> FileResponse:
     return FileResponse(path, media_type="text/html", headers=_PICTURE_HEADERS)
 
@@ -193,7 +200,7 @@ def create_app() -> FastAPI:
         with create_session() as session:
             dag_ids = get_auth_manager().get_authorized_dag_ids(user=user, session=session)
             rows = load_rows(session, dag_ids)
-        return HTMLResponse(render_page(rows), headers=_PICTURE_HEADERS)
+        return HTMLResponse(render_page(rows), headers=_REUSE_HEADERS)
 
     @app.get(
         "/reuse/dags/{dag_id}/tasks/{task_id}",
@@ -201,7 +208,7 @@ def create_app() -> FastAPI:
         response_class=HTMLResponse,
     )
     def task_reuse(dag_id: str, task_id: str) -> HTMLResponse:
-        return HTMLResponse(_task_reuse_page(dag_id, task_id), headers=_PICTURE_HEADERS)
+        return HTMLResponse(_task_reuse_page(dag_id, task_id), headers=_REUSE_HEADERS)
 
     return app
 

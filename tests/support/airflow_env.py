@@ -136,9 +136,16 @@ class AirflowEnv:
         extra_env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``airflow dags test`` in its own session, output to a file (no pipe to fill)."""
+        return self.start(["dags", "test", dag_id, logical_date], output, extra_env)
+
+    def start(
+        self, args: Sequence[str], output: Path, extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``airflow <args>`` in its own session, output to a file (no pipe to fill);
+        stop it with :func:`stop_processes`."""
         with output.open("wb") as sink:
             return subprocess.Popen(
-                self._argv(["dags", "test", dag_id, logical_date]),
+                self._argv(args),
                 env=self.environ(extra_env),
                 cwd=self.root,
                 stdout=sink,

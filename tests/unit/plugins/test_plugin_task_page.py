@@ -109,7 +109,9 @@ def test_task_page_lists_models_with_state_and_next_step(
     task_runs("shop", 1, {"return_value": summary, "orchestra_dbt_nodes": details})
     page = client.get(PAGE, headers=bearer())
     assert page.status_code == 200, page.text
-    assert page.headers["content-security-policy"].startswith("sandbox")
+    # No sandbox (its links must carry the login cookie inside the UI's iframe), no scripts.
+    policy = page.headers["content-security-policy"]
+    assert "sandbox" not in policy and policy.startswith("default-src 'none'")
     text = page.text
     assert f"State read from local file {local_state}" in text
     assert "model.shop.orders" in text and BUILT_AT in text

@@ -138,21 +138,21 @@ class LocalFileStateStore:
     def write_lease(self, name: str, data: bytes, version: str | None) -> str | None:
         """Replace the lease file if it is still at ``version`` (None: still absent).
 
-        Decided under the state file's lock, so on a file system whose ``flock`` holds across
-        machines (NFSv4, EFS, ...) runs on different machines exclude each other too. Returns
-        the new version, or None when another run changed the file first.
+        Decided under the lease file's own lock (not the state file's: a renewal must not
+        wait behind a slow save), so on a file system whose ``flock`` holds across machines
+        (NFSv4, EFS, ...) runs on different machines exclude each other too. Returns the new
+        version, or None when another run changed the file first.
 
         Raises:
             StateError: the lock or the file failed.
         """
-        target = self._target()
         path = self.lease_path(name)
         with _lease_errors():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StateError(f"cannot create directory {path.parent}: {exc}") from exc
-            with self._locked(target.with_name(target.name + ".lock")):
+            with self._locked(path.with_name(path.name + ".lock")):
                 current = self._read(path)
                 if (None if current is None else _digest(current)) != version:
                     return None

@@ -1328,6 +1328,30 @@ def _end_group(group: int) -> None:
             return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)
+    # SIGKILL is delivered, not yet done: the lock we hold must outlive every member.
+    deadline = time.monotonic() + _GROUP_GRACE
+    while _running_members(group) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _running_members(group: int) -> bool:
+    """Whether a process of ``group`` still runs (zombies have ended); False without /proc."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as file:
+                stat = file.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if len(fields) > 2 and fields[2] == str(group) and fields[0] != "Z":
+            return True
+    return False
 
 
 def _stand_down_watchdog() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import urllib.error
 import urllib.request
@@ -31,20 +30,11 @@ from support.airflow_env import (
     tutorial_env,
     wait_for,
 )
+from support.browser import chromium
 from support.tutorial import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DAG = "orchestra_dbt_tutorial"
 TASK = "dbt_build"
 USER = "admin"
@@ -179,11 +169,7 @@ def test_without_a_login_nothing_is_served_and_a_token_opens_the_picture(ui: UiS
 def test_a_user_logs_in_and_finds_the_picture_and_the_reuse_page(
     ui: UiServer, tmp_path: Path
 ) -> None:
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing; scripts/test.sh installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import Page, expect, sync_playwright
+    from playwright.sync_api import Page, expect
 
     def shot(page: Page, name: str) -> None:
         """A screenshot in the test's temp dir, to see what a failed step saw."""
@@ -238,18 +224,14 @@ def test_a_user_logs_in_and_finds_the_picture_and_the_reuse_page(
     # expect's (a process-wide setting, put back afterwards).
     expect.set_options(timeout=UI_TIMEOUT_MS)
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(UI_TIMEOUT_MS)
             try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(UI_TIMEOUT_MS)
-                try:
-                    walk_through(page)
-                except Exception:
-                    with contextlib.suppress(Exception):
-                        shot(page, "failed")
-                    raise
-            finally:
-                browser.close()
+                walk_through(page)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    shot(page, "failed")
+                raise
     finally:
         expect.set_options(timeout=None)

@@ -7,7 +7,6 @@ in ``get_provider_info()``; these tests prove what a user sees and saves.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import urllib.error
@@ -18,19 +17,10 @@ from typing import Any
 
 import pytest
 from support.airflow_env import AirflowEnv, stop_process_group, wait_for
+from support.browser import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LABELS = (
     "State backend",
     "Orchestra environment",
@@ -152,47 +142,37 @@ def test_the_test_button_reports_what_it_found(api_server: ApiServer, tmp_path: 
 
 
 def test_add_connection_in_a_browser(api_server: ApiServer, tmp_path: Path) -> None:
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing; scripts/test.sh installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (scripts/test.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
     state_uri = str(tmp_path / "ui-state.json")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            page.goto(f"{api_server.base}/connections", wait_until="networkidle")
-            page.get_by_role("button", name="Add Connection").first.click()
-            dialog = page.get_by_role("dialog")
-            dialog.get_by_role("combobox").first.click(force=True)
-            page.keyboard.type("Orchestra dbt state")
-            page.keyboard.press("Enter")
-            dialog.get_by_label("Connection ID").fill("ui_state")
-            dialog.get_by_label("API key").fill("not-a-real-key")
-            dialog.get_by_text("Extra Fields", exact=True).click()
-            marked = set()
-            for label in LABELS:
-                element = dialog.locator("label", has_text=label).first
-                assert element.is_visible(), label
-                if element.locator("[class*=requiredIndicator]").count():
-                    marked.add(label)
-            assert marked == REQUIRED_LABELS
-            # 3.3's extra-field labels are not tied to their inputs, so fill by name.
-            dialog.locator("input[name=element_state_uri]").fill(state_uri)
-            page.screenshot(path=str(tmp_path / "form.png"), full_page=True)
-            dialog.get_by_role("button", name="Save").click()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1600})
+        page.goto(f"{api_server.base}/connections", wait_until="networkidle")
+        page.get_by_role("button", name="Add Connection").first.click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("combobox").first.click(force=True)
+        page.keyboard.type("Orchestra dbt state")
+        page.keyboard.press("Enter")
+        dialog.get_by_label("Connection ID").fill("ui_state")
+        dialog.get_by_label("API key").fill("not-a-real-key")
+        dialog.get_by_text("Extra Fields", exact=True).click()
+        marked = set()
+        for label in LABELS:
+            element = dialog.locator("label", has_text=label).first
+            assert element.is_visible(), label
+            if element.locator("[class*=requiredIndicator]").count():
+                marked.add(label)
+        assert marked == REQUIRED_LABELS
+        # 3.3's extra-field labels are not tied to their inputs, so fill by name.
+        dialog.locator("input[name=element_state_uri]").fill(state_uri)
+        page.screenshot(path=str(tmp_path / "form.png"), full_page=True)
+        dialog.get_by_role("button", name="Save").click()
 
-            def saved() -> dict[str, Any] | None:
-                try:
-                    return dict(api_server.get("/api/v2/connections/ui_state"))
-                except urllib.error.HTTPError:
-                    return None
+        def saved() -> dict[str, Any] | None:
+            try:
+                return dict(api_server.get("/api/v2/connections/ui_state"))
+            except urllib.error.HTTPError:
+                return None
 
-            connection = wait_for(saved, timeout=30, what="the connection to be saved")
-        finally:
-            browser.close()
+        connection = wait_for(saved, timeout=30, what="the connection to be saved")
     assert connection["conn_type"] == "orchestra_dbt"
     assert connection["password"] == "***"
     extra = json.loads(connection["extra"])

@@ -1236,6 +1236,8 @@ _STAND_DOWN = b"."
 # outlives the worker: the dead worker counts as a member of its group until reaped, which
 # an init that does not reap orphans never does.
 _GROUP_GRACE = 0.3
+# The longest the watchdog waits for SIGKILLed members to be gone before it lets go.
+_KILL_WAIT = 5.0
 # The watchdog's pid and the pipe to it.
 _watchdog: tuple[int, int] | None = None
 
@@ -1328,8 +1330,9 @@ def _end_group(group: int) -> None:
             return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(group, signal.SIGKILL)
-    # SIGKILL is delivered, not yet done: the lock we hold must outlive every member.
-    deadline = time.monotonic() + _GROUP_GRACE
+    # SIGKILL is delivered, not yet done (a loaded machine takes a while to tear a process
+    # down): the lock we hold must outlive every member.
+    deadline = time.monotonic() + _KILL_WAIT
     while _running_members(group) and time.monotonic() < deadline:
         time.sleep(0.005)
 

@@ -9,7 +9,10 @@ run holds the lock from before it reads the state until its worker has exited, s
 run plans on what this one built and never meets it in the warehouse. The worker shares the
 lock's descriptor, so even a run killed outright keeps it until its worker has died too.
 Runs on different machines take turns on a lease in the state store for the same span, when
-the store can keep one (S3, the local file store; see ``state/lease.py``).
+the store can keep one (S3, the local file store; see ``state/lease.py``). On PostgreSQL the
+worker also takes an advisory lock in the warehouse (``engine/warehouse_lock.py``), which
+relates runs that share neither machine nor state location: right after the flock and the
+lease, before the state is read, and held until the worker exits.
 """
 
 from __future__ import annotations
@@ -54,6 +57,14 @@ from airflow_provider_orchestra_dbt.engine.run_lock import (
     RunLock,
     RunLockError,
     RunLockStopped,
+)
+from airflow_provider_orchestra_dbt.engine.warehouse_lock import (
+    LOCKING_ADAPTERS,
+    LockAttempt,
+    WarehouseLockUnavailable,
+    advisory_lock_key,
+    application_name,
+    wait_for_warehouse_lock,
 )
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
 from airflow_provider_orchestra_dbt.state.lease import DEFAULT_LEASE_TTL, Lease, lease_file_name
@@ -103,6 +114,7 @@ class DbtSession:
         self._stopped = threading.Event()
         self._run_lock: RunLock | None = None
         self._lease_lost: str | None = None
+        self._worker_capabilities: frozenset[str] = frozenset()
         # Only for a state-aware execution: its node lines count up to the nodes to execute.
         self._progress: ExecutionProgress | None = None
 
@@ -172,9 +184,12 @@ class DbtSession:
         if config.selector and not graph_message["selected"]:
             # dbt warns per --select/--exclude criterion only, never for a YAML selector.
             self._unmatched_criterion(f"selector:{config.selector}")
-        # The state is read under the lock, so a run that waited plans on the previous run's
-        # results and reuses what it built.
-        self._lock_run()
+        # The state is read under the locks, so a run that waited plans on the previous run's
+        # results and reuses what it built. The warehouse's lock comes last: the adapter is
+        # known only once the worker has parsed, and it is the one lock a run with another
+        # state location or on another machine may hold.
+        waited = self._lock_run()
+        self._lock_warehouse(worker, graph_message.get("adapter_type"), waited)
         state = self._load_state()
         graph = Graph.from_message(graph_message)
         selected = graph_message["selected"]
@@ -261,9 +276,7 @@ class DbtSession:
         if self._run_lock is not None:
             return self._run_lock
         config = self.config
-        label = " ".join(
-            [f"dbt {config.command}", *(f"{k}={v}" for k, v in config.run_info.items())]
-        )
+        label = self._label()
         lock = RunLock(
             run_lock_path(config),
             what=_where(config),
@@ -280,6 +293,13 @@ class DbtSession:
             raise DbtRunError(str(exc)) from None
         self._run_lock = lock
         return lock
+
+    def _label(self) -> str:
+        """Who this run is, for whoever waits for it: the command and the Airflow task."""
+        config = self.config
+        return " ".join(
+            [f"dbt {config.command}", *(f"{k}={v}" for k, v in config.run_info.items())]
+        )
 
     def _lease(self, label: str) -> Lease | None:
         """The lease runs on other machines take turns on, if the state store keeps leases."""
@@ -308,12 +328,72 @@ class DbtSession:
         self._lease_lost = reason
         self.stop()
 
-    def _lock_run(self) -> None:
-        """Wait for other runs of this project and target; held until ``run`` ends."""
+    def _lock_run(self) -> float:
+        """Wait for other runs of this project and target; held until ``run`` ends.
+
+        Returns the seconds waited, which count against ``lock_timeout``.
+        """
         config = self.config
         lock = self._open_run_lock()
         try:
-            lock.acquire()
+            return lock.acquire()
+        except RunLockStopped:
+            raise DbtRunError(
+                f"dbt {config.command} was stopped while waiting for another run of "
+                f"{_where(config)} to finish; nothing ran"
+            ) from None
+        except RunLockError as exc:
+            raise DbtRunError(str(exc)) from None
+
+    def _lock_warehouse(
+        self, worker: WorkerProcess, adapter_type: object, waited_before: float
+    ) -> None:
+        """Have the worker take the warehouse's run lock, if the adapter has one.
+
+        Held by the worker's own connection until it exits. A lock that cannot be tried at
+        all (no connection, permission denied) fails the run: dbt would run unguarded against
+        runs that only this lock keeps apart.
+        """
+        config = self.config
+        if adapter_type not in LOCKING_ADAPTERS:
+            return  # DuckDB locks its file itself; other warehouses have no session lock
+        if "warehouse_lock" not in self._worker_capabilities:
+            self.log.warning(
+                "Runs of %s with other state locations are not kept apart: this dbt worker "
+                "cannot take the PostgreSQL advisory lock",
+                _where(config),
+            )
+            return
+        request = {
+            "type": "warehouse_lock",
+            "key": advisory_lock_key(lease_name(config)),
+            "application_name": application_name(self._label(), os.getpid()),
+        }
+
+        def attempt() -> LockAttempt:
+            try:
+                worker.send(request)
+                return LockAttempt.from_message(worker.receive("warehouse_lock_result"))
+            except WorkerError as exc:
+                if self._stopped.is_set():  # stop() interrupted the worker mid-try
+                    raise RunLockStopped(str(exc)) from None
+                if exc.stage == "warehouse_lock":
+                    target = config.target or "the profile's default"
+                    raise WarehouseLockUnavailable(
+                        f"on a connection made as dbt makes it, from target {target!r}: "
+                        f"{exc.message}"
+                    ) from None
+                raise
+
+        try:
+            wait_for_warehouse_lock(
+                attempt,
+                what=_where(config),
+                timeout=config.lock_timeout,
+                log=self.log,
+                stop=self._stopped,
+                waited_before=waited_before,
+            )
         except RunLockStopped:
             raise DbtRunError(
                 f"dbt {config.command} was stopped while waiting for another run of "
@@ -455,6 +535,7 @@ class DbtSession:
             raise DbtRunError(str(exc)) from None
         if warning:
             self.log.warning(warning)
+        self._worker_capabilities = hello.capabilities
         self.log.info(
             "%s %s, worker python %s", hello.dbt_distribution, hello.dbt_version, hello.python
         )
@@ -538,5 +619,7 @@ def _explain(exc: WorkerError, config: DbtRunConfig) -> str:
         "select": f"dbt rejected the selection for {where}",
         "import": "dbt is not available to the worker",
         "start": "the dbt worker could not start",
+        # Checked before dbt writes: another run may hold the lock now, so nothing ran.
+        "warehouse_lock": f"dbt did not run: the PostgreSQL advisory lock of {where} is gone",
     }
     return f"{stages.get(exc.stage, f'dbt failed during {exc.stage} for {where}')}: {exc.message}"

@@ -33,6 +33,9 @@ class WorkerHello:
     python: str
     dbt_distribution: str | None
     dbt_version: str | None
+    # Optional requests the worker serves (e.g. ``warehouse_lock``); a worker kind that
+    # cannot serve one leaves it out, and the parent goes on without it.
+    capabilities: frozenset[str] = frozenset()
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> WorkerHello:
@@ -42,6 +45,7 @@ class WorkerHello:
             python=str(message.get("python", "")),
             dbt_distribution=message.get("dbt_distribution"),
             dbt_version=message.get("dbt_version"),
+            capabilities=frozenset(map(str, message.get("capabilities") or ())),
         )
 
 

@@ -12,6 +12,8 @@ Conversation (the parent drives; see ``worker/client.py``)::
     parent -> {"type": "start", "protocol": 1, ...RunRequest}
     worker -> {"type": "selection_unmatched", "criterion": ...}*   # dbt's warning, per criterion
     worker -> {"type": "graph", ...}            # after one parse and the selection
+    parent -> {"type": "warehouse_lock", "key": ..., "application_name": ...}   # postgres
+    worker -> {"type": "warehouse_lock_result", "locked": ..., "holder": ...}    # repeated
     parent -> {"type": "probe", "sources": [...], "schemas": [[db, schema], ...]}
     worker -> {"type": "probe_result", "freshness": {...}, "relations": {...}}
     parent -> {"type": "execute", "nodes": [...]}   or   {"type": "finish"}
@@ -1094,6 +1096,8 @@ def hello_message() -> dict[str, Any]:
         "python": sys.executable,
         "dbt_distribution": distribution,
         "dbt_version": version,
+        # Optional requests this worker serves, beyond the protocol's fixed conversation.
+        "capabilities": ["warehouse_lock"],
     }
 
 
@@ -1156,7 +1160,10 @@ def _serve(channel: Channel) -> int:
         kind = message.get("type")
         if kind == "probe":
             channel.send(session.probe(message.get("sources", []), message.get("schemas", [])))
+        elif kind == "warehouse_lock":
+            channel.send(_warehouse_lock.attempt(message["key"], message["application_name"]))
         elif kind == "execute":
+            _warehouse_lock.check()
             result = session.execute(message["nodes"])
             channel.send(result)
             return int(result["exit_code"])
@@ -1205,6 +1212,140 @@ def _exit_now(code: int) -> None:
     _release_semaphores()
     _stand_down_watchdog()
     os._exit(code)
+
+
+# -- the warehouse run lock ------------------------------------------------------------------
+#
+# On PostgreSQL, runs of one project and target take turns on a session-level advisory lock
+# (the parent decides when and how long to try: engine/warehouse_lock.py). It lives on a
+# connection of its own, opened by dbt-postgres's code from the target's credentials: the
+# adapter's connections are keyed by thread and closed by dbt after every invocation, and the
+# lock would go with them. Ours stays open until this process exits; then the server sees the
+# socket close and frees the lock, however the process ended (SIGKILL too).
+
+# Our session's settings: no idle timeout may end the session (and free the lock) while dbt
+# runs, and the server probes an idle client, so the lock of a machine that vanished without
+# closing its socket is freed within about a minute rather than TCP's default two hours.
+_LOCK_SESSION_SQL = """
+select set_config(s.name, v.setting, false)
+from pg_settings s
+join (values ('idle_session_timeout', '0'), ('idle_in_transaction_session_timeout', '0'),
+             ('tcp_keepalives_idle', '30'), ('tcp_keepalives_interval', '10'),
+             ('tcp_keepalives_count', '3')) as v(name, setting) using (name)
+"""
+# pg_locks shows a bigint advisory key as its high and low 32 bits, with objsubid 1.
+_LOCK_HOLDER_SQL = """
+select a.pid, a.application_name, host(a.client_addr), a.backend_start
+from pg_locks l
+left join pg_stat_activity a on a.pid = l.pid
+where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+  and l.database = (select oid from pg_database where datname = current_database())
+  and l.classid = %s::bigint::oid and l.objid = %s::bigint::oid
+limit 1
+"""
+_LOCK_HELD_SQL = """
+select count(*) from pg_locks
+where locktype = 'advisory' and granted and objsubid = 1 and pid = pg_backend_pid()
+  and classid = %s::bigint::oid and objid = %s::bigint::oid
+"""
+# The same as engine/warehouse_lock.py's: this file imports nothing of the package.
+LOCKING_ADAPTERS = frozenset({"postgres"})
+
+
+class WarehouseLock:
+    """Tries the advisory lock on a connection kept for this process's whole life."""
+
+    def __init__(self) -> None:
+        self._connection: Any = None
+        self._key: int | None = None
+
+    def attempt(self, key: int, application_name: str) -> dict[str, Any]:
+        """One ``pg_try_advisory_lock``; on contention, who holds the lock."""
+        adapter = _adapter()
+        kind = adapter.type() if adapter is not None else None
+        if kind not in LOCKING_ADAPTERS:
+            raise WorkerError("warehouse_lock", f"the {kind or 'unknown'} adapter keeps no lock")
+        try:
+            cursor = self._cursor(adapter, application_name)
+            cursor.execute("select pg_try_advisory_lock(%s), current_database()", (key,))
+            locked, database = cursor.fetchone()
+        except Exception as exc:  # the connection, permissions: not contention
+            raise WorkerError("warehouse_lock", _describe_exception(exc)) from exc
+        if locked:
+            self._key = key
+        return {
+            "type": "warehouse_lock_result",
+            "locked": bool(locked),
+            "database": database,
+            "holder": None if locked else _lock_holder(cursor, key),
+        }
+
+    def check(self) -> None:
+        """Before dbt writes: our session must still hold the lock (it may have been ended)."""
+        if self._key is None:
+            return
+        try:
+            cursor = self._connection.handle.cursor()
+            cursor.execute(_LOCK_HELD_SQL, _key_halves(self._key))
+            held = cursor.fetchone()[0] > 0
+        except Exception as exc:
+            raise WorkerError(
+                "warehouse_lock",
+                f"lost the connection holding the PostgreSQL advisory lock: "
+                f"{_describe_exception(exc)}",
+            ) from exc
+        if not held:
+            raise WorkerError("warehouse_lock", "the PostgreSQL advisory lock is no longer held")
+
+    def _cursor(self, adapter: Any, application_name: str) -> Any:
+        if self._connection is None:
+            import dataclasses
+
+            from dbt.adapters.contracts.connection import Connection
+
+            credentials = dataclasses.replace(
+                adapter.config.credentials, application_name=application_name
+            )
+            connection = Connection(
+                type=credentials.type, name="orchestra_dbt_run_lock", credentials=credentials
+            )
+            # The adapter's own open(): the profile's host, port, SSL, search_path, role,
+            # connect timeout and retries, exactly as dbt connects.
+            type(adapter.connections).open(connection)
+            handle = connection.handle
+            handle.commit()  # a role's `set role` opened a transaction; keep it
+            # A session lock outlives transactions; autocommit keeps ours from idling in one.
+            handle.autocommit = True
+            handle.cursor().execute(_LOCK_SESSION_SQL)
+            self._connection = connection
+        return self._connection.handle.cursor()
+
+
+def _key_halves(key: int) -> tuple[int, int]:
+    return (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+
+
+def _lock_holder(cursor: Any, key: int) -> dict[str, Any] | None:
+    """The session holding the lock, or None (it has just been freed, or we may not look)."""
+    try:
+        cursor.execute(_LOCK_HOLDER_SQL, _key_halves(key))
+        row = cursor.fetchone()
+    except Exception:  # naming the holder is a courtesy; waiting works without it
+        return None
+    if row is None:
+        return None
+    pid, application_name, client_addr, backend_start = row
+    return {
+        "pid": pid,
+        "application_name": application_name,
+        "client_addr": client_addr,
+        "backend_start": _utc_iso(backend_start),
+    }
+
+
+# Module-level, so that the connection lives until the process exits, not until the last
+# reference to a session goes.
+_warehouse_lock = WarehouseLock()
 
 
 # -- dying with the parent -------------------------------------------------------------------

@@ -14,7 +14,13 @@ from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConf
 from airflow_provider_orchestra_dbt.engine.picture import write_run_html
 from airflow_provider_orchestra_dbt.engine.report import FULL_PLAN_ENV
 from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
-from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateError
+from airflow_provider_orchestra_dbt.state import (
+    SUPPORTED_STATE_URIS,
+    LocalFileStateStore,
+    StateError,
+    StateStore,
+    store_from_uri,
+)
 
 COMMANDS = ("build", "run", "test", "plan")
 
@@ -35,9 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vars", help="YAML/JSON mapping of dbt vars")
     parser.add_argument("--full-refresh", action="store_true")
     parser.add_argument("--threads", type=int)
-    parser.add_argument(
+    state = parser.add_mutually_exclusive_group()
+    state.add_argument(
         "--state-file",
+        metavar="PATH",
         help="local JSON state file (default: none, i.e. everything is built and nothing recorded)",
+    )
+    state.add_argument(
+        "--state-uri",
+        metavar="URI",
+        help=f"state store: {SUPPORTED_STATE_URIS}; S3 credentials, region and endpoint as "
+        "boto3 finds them (AWS_* environment variables, ~/.aws, instance role)",
     )
     parser.add_argument(
         "--integration-account-id",
@@ -79,12 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     dbt_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    store = state_store(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("orchestra_dbt")
     try:
         config = run_config(args, dbt_args)
-        store = LocalFileStateStore(Path(args.state_file)) if args.state_file else None
         report = DbtSession(config, store, log).run()
     except (ConfigError, DbtRunError, StateError) as exc:
         log.error("%s", exc)
@@ -94,6 +109,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.html:
         log.info("Wrote the picture of this run to %s", write_run_html(report, args.html))
     return report.exit_code
+
+
+def state_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> StateStore | None:
+    """The store the state flags name; a bad ``--state-uri`` exits as any bad argument does."""
+    if args.state_file:
+        return LocalFileStateStore(Path(args.state_file))
+    if args.state_uri is None:
+        return None
+    try:
+        return store_from_uri(args.state_uri, label="--state-uri")
+    except StateError as exc:
+        parser.error(str(exc))
 
 
 def run_config(args: argparse.Namespace, dbt_args: Sequence[str]) -> DbtRunConfig:

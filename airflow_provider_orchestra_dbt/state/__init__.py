@@ -26,9 +26,11 @@ from airflow_provider_orchestra_dbt.state.model import (
 )
 from airflow_provider_orchestra_dbt.state.s3 import S3StateStore
 from airflow_provider_orchestra_dbt.state.store import StateStore
+from airflow_provider_orchestra_dbt.state.uri import SUPPORTED_STATE_URIS, store_from_uri
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
+    "SUPPORTED_STATE_URIS",
     "LocalFileStateStore",
     "OrchestraHttpStateStore",
     "S3StateStore",
@@ -44,5 +46,6 @@ __all__ = [
     "merge_entries",
     "orchestra_state_url",
     "parse_timestamp",
+    "store_from_uri",
     "validate_entries",
 ]

@@ -2,25 +2,21 @@
 
 First the lease itself against S3's conditional writes (on a fake clock, so a ttl of a minute
 passes in no time), then two real CLI runs of the tutorial project that share only the S3
-state: each has its own cache dir, so their machine-local run locks are different files, as
-on two workers. The lease alone keeps them apart: the second waits, names the first as the
-holder, and its dbt work starts only after the first one's has ended.
+state (``--state-uri s3://...``, the endpoint in boto3's ``AWS_ENDPOINT_URL_S3``): each has
+its own cache dir, so their machine-local run locks are different files, as on two workers.
+The lease alone keeps them apart: the second waits, names the first as the holder, and its
+dbt work starts only after the first one's has ended.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
 import threading
-import time
 import uuid
-from datetime import UTC, datetime
-from typing import Any
 
 import pytest
+from support.cli_runs import GATE, in_turn, race_after_gate, started
 from support.s3_server import MotoS3Server, S3Params
 from support.tutorial import Workspace, built, decisions, short
 
@@ -177,78 +173,6 @@ def test_credentials_scoped_to_the_state_key_make_the_lease_unavailable_not_an_e
 
 # -- two CLI runs on "two machines" ----------------------------------------------------------------
 
-# The CLI with its state in S3: --state-file is swapped for the S3 object named in the env.
-DRIVER = """
-import os, sys
-from airflow_provider_orchestra_dbt import cli
-from airflow_provider_orchestra_dbt.state import S3StateStore
-cli.LocalFileStateStore = lambda path: S3StateStore.from_uri(
-    os.environ["TEST_STATE_URI"], endpoint_url=os.environ["TEST_S3_ENDPOINT"]
-)
-sys.exit(cli.main(sys.argv[1:]))
-"""
-INTERVALS = {
-    "a": {"data_interval_start": "2024-01-01", "data_interval_end": "2024-03-01"},
-    "b": {"data_interval_start": "2024-03-01", "data_interval_end": "2024-05-01"},
-}
-STARTUP_BOUND = 180.0
-RUN_BOUND = 300.0
-
-
-class Machine:
-    """One CLI run with a cache dir (and so a run lock) of its own, its output in a file."""
-
-    def __init__(self, ws: Workspace, name: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = ws.root / f"{name}.log"
-        self.report_path = ws.root / f"{name}-report.json"
-        self.target_path = ws.root / f"{name}-target"
-        env = {**env, "ORCHESTRA_DBT_CACHE_DIR": str(ws.root / f"cache-{name}")}
-        argv = [
-            sys.executable, "-c", DRIVER, "build",
-            "--project-dir", str(ws.project),
-            "--profiles-dir", str(ws.project),
-            "--state-file", "in-s3",
-            "--report", str(self.report_path),
-            "--target-path", str(self.target_path),
-            "--vars", json.dumps(INTERVALS[name]),
-        ]  # fmt: skip
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def report(self) -> dict[str, Any]:
-        report: dict[str, Any] = json.loads(self.report_path.read_text())
-        return report
-
-    def window(self) -> tuple[datetime, datetime]:
-        """When this run's dbt work started and ended, from its run_results.json."""
-        results = json.loads((self.target_path / "run_results.json").read_text())["results"]
-        moments = [
-            datetime.fromisoformat(t[k].replace("Z", "+00:00")).replace(tzinfo=UTC)
-            for r in results
-            for t in r["timing"]
-            for k in ("started_at", "completed_at")
-        ]
-        return min(moments), max(moments)
-
-    def wait_until_logged(self, text: str) -> None:
-        deadline = time.monotonic() + STARTUP_BOUND
-        while text not in self.log:
-            assert self.proc.poll() is None, f"run {self.name} ended early:\n{self.log[-5000:]}"
-            assert time.monotonic() < deadline, f"run {self.name} never logged {text!r}"
-            time.sleep(0.1)
-
-    def finish(self) -> int:
-        try:
-            return self.proc.wait(RUN_BOUND)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"run {self.name} did not finish:\n{self.log[-5000:]}") from None
-
 
 def test_two_runs_on_two_machines_take_turns_on_the_s3_lease(ws: Workspace, s3: S3Params) -> None:
     state = store(s3)
@@ -258,42 +182,24 @@ def test_two_runs_on_two_machines_take_turns_on_the_s3_lease(ws: Workspace, s3: 
     config = DbtRunConfig.create(project_dir=ws.project, profiles_dir=ws.project)
     name = lease_name(config)
     assert name == "orchestra_tutorial--orchestra_tutorial--default.json"
-    holder = {"pid": os.getpid(), "host": "gate-host", "since": "", "label": "gate"}
+    holder = {"pid": os.getpid(), "host": "gate-host", "since": "", "label": GATE}
     # The test holds the lease while both runs start, so both are known to wait for it.
     gate = Lease(state, name, holder=holder)
     assert gate.try_acquire()
-    with ws.env():
-        env = {
-            **os.environ,
-            "TEST_STATE_URI": state.uri,
-            "TEST_S3_ENDPOINT": s3.endpoint_url,
-        }
-    machines = [Machine(ws, name, env) for name in INTERVALS]
+    # The moto server exported fake AWS keys and region; boto3 reads the endpoint from here.
+    endpoint = {"AWS_ENDPOINT_URL_S3": s3.endpoint_url}
     try:
-        for machine in machines:
-            machine.wait_until_logged("on another machine, or from another checkout): it holds")
-            assert (
-                "pid" in machine.log and "on gate-host" in machine.log and "(gate)" in machine.log
-            )
-        gate.release()
-        codes = {machine.name: machine.finish() for machine in machines}
+        with started(ws, ["--state-uri", state.uri], env=endpoint, own_cache_dirs=True) as runs:
+            waiting = "on another machine, or from another checkout): it holds"
+            race_after_gate(runs, waiting, gate.release)
+            assert all("pid" in run.log and "on gate-host" in run.log for run in runs)
     finally:
         gate.release()
-        for machine in machines:
-            if machine.proc.poll() is None:
-                machine.proc.kill()
-                machine.proc.wait()
-    for machine in machines:
-        assert codes[machine.name] == 0, f"{machine.name}:\n{machine.log[-5000:]}"
-    a, b = machines
-    first, second = (a, b) if f"held by pid {a.proc.pid} " in b.log else (b, a)
-    assert f"held by pid {first.proc.pid} " in second.log, second.log[-5000:]
+    first, second = in_turn(runs, "held by pid ")
     assert "Got the lease of" in second.log
     # No machine-local lock was waited for: each run had its own.
     assert "holds the run lock" not in first.log + second.log
 
-    first_end, second_start = first.window()[1], second.window()[0]
-    assert first_end <= second_start, "the dbt work of the two runs overlapped"
     # The second planned on what the first built: it read the state under the lease.
     first_built = built(first.report())
     assert {"stg_orders", "int_orders_enriched", "fct_daily_revenue"} <= first_built

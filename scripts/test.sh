@@ -15,6 +15,13 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
+# The multi-worker test runs Celery on Debian's Redis (its own server on a free port).
+if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "Installing Debian's redis-server for the Celery multi-worker test..."
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
 # The reuse cases also run on the tutorial's postgres target: the tests start (and stop) a
 # throwaway cluster on 127.0.0.1 from Debian's server binaries, unless ORCHESTRA_TEST_PG_HOST
 # names an existing server. Only the binaries are wanted: the drop-in stops the package from
@@ -60,16 +67,16 @@ trap 'rm -rf "$logs"' EXIT
 first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
   test_connection_form.py test_dbt_python.py test_bad_input.py test_state_http.py
   test_state_s3.py test_foreign_writers.py test_hook_backends.py test_readme_commands.py)
-uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/first" tests/unit \
+uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!
-"$oldest_env/bin/python" -m pytest -p no:cacheprovider --basetemp "$logs/oldest" \
+"$oldest_env/bin/python" -m pytest -p no:cacheprovider --durations=15 --basetemp "$logs/oldest" \
   tests/unit/worker tests/unit/engine tests/integration/test_reuse.py \
   tests/integration/test_crash_safety.py tests/integration/test_commands.py \
   tests/integration/test_parse_cache.py >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!
 status=0
-uv run --frozen pytest -p no:cacheprovider --basetemp "$logs/second" tests/integration \
+uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/second" tests/integration \
   "${first[@]/#/--ignore=tests/integration/}" || status=1
 wait "$first_pid" || status=1
 cat "$logs/first.log"

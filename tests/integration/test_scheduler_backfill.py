@@ -16,39 +16,33 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from support.airflow_env import (
-    AirflowEnv,
-    free_port,
-    fresh_workspace,
-    stop_processes,
-    tutorial_env,
-    wait_for,
+from support.airflow_deployment import (
+    HEARTBEAT_SEC,
+    STARTUP_TIMEOUT,
+    Deployment,
+    scheduler_env,
 )
+from support.airflow_env import AirflowEnv, free_port, fresh_workspace, tutorial_env
 from support.tutorial import REPO, STATEFUL, Workspace, day_ago, short, tree_digest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-T = TypeVar("T")
 TUTORIAL = "orchestra_dbt_tutorial"
 CONSUMER = "orchestra_dbt_consumer"
 FCT_ORDERS = "tutorial.main.fct_orders"
 FCT_DAILY_REVENUE = "tutorial.main.fct_daily_revenue"
 FINISHED = ("success", "failed")
-STARTUP_TIMEOUT = 120.0
 RUN_TIMEOUT = 240.0
 BACKFILL_TIMEOUT = 360.0
-HEARTBEAT_SEC = 2
 
 
 def _model_assets(unique_ids: list[str]) -> set[str]:
@@ -70,60 +64,16 @@ def _db_time(value: str) -> datetime:
 
 
 @dataclass
-class Deployment:
+class TutorialDeployment(Deployment):
     """A running Airflow (scheduler, dag-processor, API server) around one tutorial workspace."""
 
-    env: AirflowEnv
-    ws: Workspace
-    extra: dict[str, str]
-    logs: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ws: Workspace = field(kw_only=True)
     project_digest: dict[str, str] = field(default_factory=dict)
     first_run: str = ""
-
-    # -- processes ---------------------------------------------------------------------------
-
-    def start(self, name: str, *args: str) -> None:
-        with (self.logs / f"{name}.log").open("wb") as sink:
-            self.procs[name] = subprocess.Popen(
-                self.env._argv(args),
-                env=self.env.environ(self.extra),
-                cwd=self.env.root,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
-                raise AssertionError(f"airflow {name} exited ({proc.returncode}):\n{tail}")
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = self.env.airflow(*args, extra_env=self.extra, timeout=timeout)
-        assert result.returncode == 0, f"airflow {' '.join(args)}:\n{result.stdout[-4000:]}"
-        return result
 
     def trigger(self, run_id: str, logical_date: str) -> None:
         """``airflow dags trigger`` the tutorial with a run id and a logical date."""
         self.cli("dags", "trigger", TUTORIAL, "--run-id", run_id, "--logical-date", logical_date)
-
-    def wait(self, condition: Callable[[], T | None], timeout: float, what: str) -> T:
-        """``wait_for``, failing fast if a component died and showing the runs on timeout."""
-
-        def check() -> T | None:
-            self.check_alive()
-            return condition()
-
-        try:
-            return wait_for(check, timeout, what, interval=0.5)
-        except AssertionError as exc:
-            runs = self.env.query("select dag_id, run_id, run_type, state from dag_run order by id")
-            tis = self.env.query(
-                "select dag_id, run_id, task_id, state from task_instance order by start_date"
-            )
-            raise AssertionError(f"{exc}\nDAG runs: {runs}\ntask instances: {tis}") from None
 
     # -- the metadata DB ---------------------------------------------------------------------
 
@@ -132,7 +82,7 @@ class Deployment:
             "id", "run_id", "run_type", "state", "logical_date", "data_interval_start",
             "data_interval_end", "run_after", "end_date", "backfill_id",
         )  # fmt: skip
-        rows = self.env.query(
+        rows = self.query(
             f"select {', '.join(cols)} from dag_run where dag_id = ? and run_id = ?",
             (dag_id, run_id),
         )
@@ -154,7 +104,7 @@ class Deployment:
         dag_id: str = TUTORIAL,
         task_id: str = "dbt_build",
     ) -> Any:
-        rows = self.env.query(
+        rows = self.query(
             "select value from xcom where dag_id = ? and run_id = ? and task_id = ? "
             "and map_index = -1 and key = ?",
             (dag_id, run_id, task_id, key),
@@ -163,7 +113,7 @@ class Deployment:
         return json.loads(rows[0][0])
 
     def rendered_vars(self, run_id: str) -> dict[str, Any]:
-        rows = self.env.query(
+        rows = self.query(
             "select rendered_fields from rendered_task_instance_fields "
             "where dag_id = ? and run_id = ? and task_id = 'dbt_build' and map_index = -1",
             (TUTORIAL, run_id),
@@ -181,7 +131,7 @@ class Deployment:
 
     def events(self, run_id: str) -> dict[str, dict[str, Any]]:
         """Asset events recorded for a tutorial run: Asset name -> the event's extra."""
-        rows = self.env.query(
+        rows = self.query(
             "select a.name, e.extra, e.source_task_id from asset_event e "
             "join asset a on a.id = e.asset_id where e.source_dag_id = ? and e.source_run_id = ?",
             (TUTORIAL, run_id),
@@ -204,7 +154,7 @@ class Deployment:
             "left join asset a on a.id = e.asset_id where dr.dag_id = ? group by dr.id"
         )
         found = {}
-        for run_id, run_type, state, assets, sources in self.env.query(sql, (CONSUMER,)):
+        for run_id, run_type, state, assets, sources in self.query(sql, (CONSUMER,)):
             source_runs = set((sources or "").split(",")) - {""}
             if triggered_by is None or triggered_by in source_runs:
                 found[run_id] = {
@@ -216,7 +166,7 @@ class Deployment:
         return found
 
     def queued_for_consumer(self) -> list[tuple[Any, ...]]:
-        return self.env.query(
+        return self.query(
             "select asset_id, created_at from asset_dag_run_queue where target_dag_id = ?",
             (CONSUMER,),
         )
@@ -232,7 +182,7 @@ class Deployment:
         seen: set[str] = set()
 
         def beats() -> bool:
-            rows = self.env.query(
+            rows = self.query(
                 "select latest_heartbeat from job where job_type = 'SchedulerJob' "
                 "and state = 'running'"
             )
@@ -255,7 +205,9 @@ class Deployment:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> Iterator[Deployment]:
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None
+) -> Iterator[TutorialDeployment]:
     root = tmp_path_factory.mktemp("scheduler")
     ws = fresh_workspace(root / "ws")
     logs = root / "logs"
@@ -298,50 +250,37 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> It
         'CONNECT_ARGS = {"timeout": 60}\n'
     )
     port = free_port()
-    extra = tutorial_env(ws) | {
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "orchestra_test_sqlite.CONNECT_ARGS",
-        "ORCHESTRA_DBT_TUTORIAL_MANIFEST": str(target / "manifest.json"),
-        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
-        # What `airflow standalone` runs on SQLite: the LocalExecutor (3.x has no
-        # SequentialExecutor); tasks reach the metadata DB through the execution API only.
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        # The scheduler signs the task identity tokens the API server checks.
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": str(HEARTBEAT_SEC),
-    }
-    deployment = Deployment(env=env, ws=ws, extra=extra, logs=logs)
+    extra = (
+        tutorial_env(ws)
+        | scheduler_env(port)
+        | {
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "orchestra_test_sqlite.CONNECT_ARGS",
+            "ORCHESTRA_DBT_TUTORIAL_MANIFEST": str(target / "manifest.json"),
+            # What `airflow standalone` runs on SQLite: the LocalExecutor (3.x has no
+            # SequentialExecutor); tasks reach the metadata DB through the execution API only.
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+        }
+    )
+    deployment = TutorialDeployment(env=env, ws=ws, extra=extra, logs=logs)
     deployment.project_digest = tree_digest(ws.project)
     try:
-        deployment.start(
-            "api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"
-        )
         deployment.start("dag-processor", "dag-processor")
         # No log-serving sub-process: logs are files under AIRFLOW_HOME, and nothing else binds.
         deployment.start("scheduler", "scheduler", "--skip-serve-logs")
+        deployment.start_api_server(port)
+        deployment.wait_parsed({TUTORIAL, CONSUMER})
 
-        def api_up() -> bool:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/execution/health", timeout=15
-                ) as response:
-                    return bool(response.status == 200)
-            except OSError:
-                return False
-
-        deployment.wait(api_up, STARTUP_TIMEOUT, "the execution API")
-
-        def parsed() -> bool:
-            dags = {r[0] for r in env.query("select dag_id from dag where is_stale = 0")}
-            consumer_on_asset = env.query(
-                "select 1 from dag_schedule_asset_reference r join asset a on a.id = r.asset_id "
-                "where r.dag_id = ? and a.name = ?",
-                (CONSUMER, FCT_ORDERS),
+        def consumer_on_asset() -> bool:
+            return bool(
+                deployment.query(
+                    "select 1 from dag_schedule_asset_reference r "
+                    "join asset a on a.id = r.asset_id where r.dag_id = ? and a.name = ?",
+                    (CONSUMER, FCT_ORDERS),
+                )
             )
-            return dags >= {TUTORIAL, CONSUMER} and bool(consumer_on_asset)
 
-        deployment.wait(parsed, STARTUP_TIMEOUT, "both DAGs to be parsed")
+        deployment.wait(consumer_on_asset, STARTUP_TIMEOUT, "the consumer to listen")
         # One call, so the consumer listens before the tutorial's first run emits anything.
         deployment.cli(
             "dags", "unpause", "--treat-dag-id-as-regex", "--yes", f"^({TUTORIAL}|{CONSUMER})$"
@@ -360,14 +299,14 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, _dbt_cache: None) -> It
         deployment.wait_finished([deployment.first_run])
         yield deployment
     finally:
-        stop_processes(list(deployment.procs.values()))
+        deployment.stop()
 
 
 # -- 1. backfill ---------------------------------------------------------------------------------
 
 
 def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
-    deployment: Deployment,
+    deployment: TutorialDeployment,
 ) -> None:
     d = deployment
     first = d.first_run
@@ -440,7 +379,7 @@ def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
 # -- 2. a run without a logical date ---------------------------------------------------------------
 
 
-def test_run_without_logical_date_falls_back_to_run_after(deployment: Deployment) -> None:
+def test_run_without_logical_date_falls_back_to_run_after(deployment: TutorialDeployment) -> None:
     d = deployment
     result = d.cli("dags", "trigger", TUTORIAL, "--output", "json")
     (triggered,) = json.loads(next(ln for ln in result.stdout.splitlines() if ln.startswith("[")))
@@ -468,7 +407,7 @@ def test_run_without_logical_date_falls_back_to_run_after(deployment: Deployment
 
 
 def test_consumer_runs_after_fct_orders_is_rebuilt_and_not_after_it_is_reused(
-    deployment: Deployment,
+    deployment: TutorialDeployment,
 ) -> None:
     d = deployment
     consumers_before = set(d.consumer_runs())

@@ -50,7 +50,9 @@ uv run --frozen mypy airflow_provider_orchestra_dbt
 #     (the lock's default environment);
 #   * every other integration test (the reuse cases on DuckDB and PostgreSQL, ...), newest dbt;
 #   * the worker, reuse-case and crash tests on the oldest dbt we support (dbt-core 1.10), in
-#     a second environment from the same lock, on the newest Python the machine has.
+#     a second environment from the same lock, on the newest Python the machine has; the
+#     reuse cases on DuckDB, and on PostgreSQL only the first three (the adapter's side of a
+#     run is the same on every dbt version: its own tests run on the newest).
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
   exec uv run --frozen pytest "$@"
 fi
@@ -72,6 +74,7 @@ uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/firs
 first_pid=$!
 "$oldest_env/bin/python" -m pytest -p no:cacheprovider --durations=15 --basetemp "$logs/oldest" \
   tests/unit/worker tests/unit/engine tests/integration/test_reuse.py \
+  -k "not postgres or first_run or second_run or new_rows_in_one_source" \
   tests/integration/test_crash_safety.py tests/integration/test_commands.py \
   tests/integration/test_parse_cache.py >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!

@@ -17,13 +17,14 @@ lease, before the state is read, and held until the worker exits.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -333,17 +334,10 @@ class DbtSession:
 
         Returns the seconds waited, which count against ``lock_timeout``.
         """
-        config = self.config
         lock = self._open_run_lock()
-        try:
-            return lock.acquire()
-        except RunLockStopped:
-            raise DbtRunError(
-                f"dbt {config.command} was stopped while waiting for another run of "
-                f"{_where(config)} to finish; nothing ran"
-            ) from None
-        except RunLockError as exc:
-            raise DbtRunError(str(exc)) from None
+        with self._lock_errors():
+            waited = lock.acquire()
+        return waited
 
     def _lock_warehouse(
         self, worker: WorkerProcess, adapter_type: object, waited_before: float
@@ -385,7 +379,7 @@ class DbtSession:
                     ) from None
                 raise
 
-        try:
+        with self._lock_errors():
             wait_for_warehouse_lock(
                 attempt,
                 what=_where(config),
@@ -394,10 +388,16 @@ class DbtSession:
                 stop=self._stopped,
                 waited_before=waited_before,
             )
+
+    @contextlib.contextmanager
+    def _lock_errors(self) -> Iterator[None]:
+        """A lock not taken ends the run as a :class:`DbtRunError`, before anything ran."""
+        try:
+            yield
         except RunLockStopped:
             raise DbtRunError(
-                f"dbt {config.command} was stopped while waiting for another run of "
-                f"{_where(config)} to finish; nothing ran"
+                f"dbt {self.config.command} was stopped while waiting for another run of "
+                f"{_where(self.config)} to finish; nothing ran"
             ) from None
         except RunLockError as exc:
             raise DbtRunError(str(exc)) from None

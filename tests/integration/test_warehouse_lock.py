@@ -15,15 +15,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from support.airflow_env import free_port, wait_for
+from support.cli_runs import CliRun, reaped
 from support.tutorial import Baseline, Workspace
 
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
@@ -52,56 +51,16 @@ def key(ws: Workspace) -> int:
     return advisory_lock_key(lease_name(config))
 
 
-class Run:
-    """One CLI run in its own process, with its own cache dir and state file."""
-
-    def __init__(
-        self, ws: Workspace, name: str, *args: str, env: dict[str, str] | None = None
-    ) -> None:
-        self.name = name
-        home = ws.root / name
-        home.mkdir(exist_ok=True)
-        state_file = home / "state.json"
-        if not state_file.exists():
-            shutil.copyfile(ws.state_file, state_file)
-        self.log_path = home / f"{name}-{time.monotonic_ns()}.log"
-        with ws.env():
-            env = {**os.environ, "ORCHESTRA_DBT_CACHE_DIR": str(home / "cache"), **(env or {})}
-        argv = [
-            sys.executable, "-m", "airflow_provider_orchestra_dbt", "build",
-            "--project-dir", str(ws.project),
-            "--profiles-dir", str(ws.project),
-            "--state-file", str(state_file),
-            "--target", ws.target,
-            *args,
-        ]  # fmt: skip
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_until_logged(self, text: str, timeout: float = STARTUP_BOUND) -> None:
-        wait_for(lambda: text in self.log, f"run {self.name} to log {text!r}", timeout, self)
-
-    def finish(self) -> int:
-        try:
-            return self.proc.wait(RUN_BOUND)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"run {self.name} did not finish:\n{self.log[-5000:]}") from None
-
-
-def wait_for(
-    condition: Callable[[], object], what: str, timeout: float, run: Run | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if run is not None:
-            assert run.proc.poll() is None, f"run {run.name} ended early:\n{run.log[-5000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+def own_run(ws: Workspace, name: str, *args: str, env: dict[str, str] | None = None) -> CliRun:
+    """A CLI run with a cache dir (flock) and a state file (lease) of its own."""
+    home = ws.root / name
+    home.mkdir(exist_ok=True)
+    state_file = home / "state.json"
+    if not state_file.exists():
+        shutil.copyfile(ws.state_file, state_file)
+    with ws.env():
+        run_env = {**os.environ, "ORCHESTRA_DBT_CACHE_DIR": str(home / "cache"), **(env or {})}
+    return CliRun(ws, name, ["--state-file", str(state_file)], run_env, *args)
 
 
 def holder(ws: Workspace, key: int) -> str | None:
@@ -137,32 +96,21 @@ def gate(ws: Workspace, key: int) -> Iterator[Any]:
         conn.close()
 
 
-@contextmanager
-def reaped(runs: list[Run]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for run in runs:
-            if run.proc.poll() is None:
-                run.proc.kill()
-                run.proc.wait()
-
-
 def test_runs_unrelated_but_by_the_warehouse_take_turns_and_a_killed_holder_frees_it(
     ws: Workspace, key: int
 ) -> None:
     ws.append("orders")  # news, so that whichever runs first has something to build
-    runs: list[Run] = []
+    runs: list[CliRun] = []
     with reaped(runs):
         with gate(ws, key):
-            runs += [Run(ws, "a"), Run(ws, "b")]
+            runs += [own_run(ws, "a"), own_run(ws, "b")]
             for run in runs:
                 # Waiting on the gate, named by its application_name: so past the flock and
                 # the lease, which relate nothing here.
                 run.wait_until_logged(WAITING)
                 assert f"application '{GATE}'" in run.log
         # The gate is open: one run takes the lock, and the other names it as the holder.
-        wait_for(lambda: holder(ws, key) not in (None, GATE), "a run to take the lock", 60.0)
+        wait_for(lambda: holder(ws, key) not in (None, GATE), 60.0, "a run to take the lock")
         taken_by = holder(ws, key)
         first = next(run for run in runs if application(run) == taken_by)
         second = next(run for run in runs if run is not first)
@@ -185,22 +133,16 @@ def test_a_lock_that_cannot_be_tried_fails_the_run_naming_the_target(
     ws: Workspace, key: int
 ) -> None:
     # Nothing listens there: parsing needs no connection, so the lock's is the first.
-    run = Run(ws, "c", "--lock-timeout", "5", env={"TUTORIAL_PG_PORT": str(free_port())})
-    with reaped([run]):
-        assert run.finish() == 2, run.log[-5000:]
+    failing = own_run(ws, "c", "--lock-timeout", "5", env={"TUTORIAL_PG_PORT": str(free_port())})
+    with reaped([failing]):
+        assert failing.finish() == 2, failing.log[-5000:]
     assert (
         "cannot take the PostgreSQL advisory lock that keeps runs of dbt project "
         f"{ws.project} (target 'postgres') apart"
-    ) in run.log
-    assert "from target 'postgres': FailedToConnectError" in run.log
-    assert "Loaded" not in run.log  # failed before reading the state
+    ) in failing.log
+    assert "from target 'postgres': FailedToConnectError" in failing.log
+    assert "Loaded" not in failing.log  # failed before reading the state
 
 
-def application(run: Run) -> str:
+def application(run: CliRun) -> str:
     return f"orchestra-dbt pid {run.proc.pid}: dbt build"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -35,8 +35,14 @@ class CliRun:
     """One ``python -m airflow_provider_orchestra_dbt build``, its output in a file."""
 
     def __init__(
-        self, ws: Workspace, name: str, state_flags: Sequence[str], env: Mapping[str, str]
+        self,
+        ws: Workspace,
+        name: str,
+        state_flags: Sequence[str],
+        env: Mapping[str, str],
+        *args: str,
     ) -> None:
+        """A run of ``INTERVALS[name]`` (when ``name`` has one) with extra CLI ``args``."""
         self.name = name
         self.log_path = ws.root / f"{name}.log"
         self.report_path = ws.root / f"{name}-report.json"
@@ -48,8 +54,9 @@ class CliRun:
             *state_flags,
             "--report", str(self.report_path),
             "--target-path", str(self.target_path),
-            "--vars", json.dumps(INTERVALS[name]),
+            *(["--vars", json.dumps(INTERVALS[name])] if name in INTERVALS else []),
             *(["--target", ws.target] if ws.pg else []),
+            *args,
         ]  # fmt: skip
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -82,20 +89,24 @@ class CliRun:
         ]
         return min(moments), max(moments)
 
-    def wait_until_logged(self, text: str) -> None:
-        deadline = time.monotonic() + STARTUP_BOUND
+    def wait_until_logged(self, text: str, timeout: float = STARTUP_BOUND) -> None:
+        deadline = time.monotonic() + timeout
         while text not in self.log:
             assert self.proc.poll() is None, f"run {self.name} ended early:\n{self.log[-5000:]}"
             assert time.monotonic() < deadline, f"run {self.name} never logged {text!r}"
-            time.sleep(0.1)
+            time.sleep(0.05)
 
-    def succeed(self) -> None:
-        """Wait for the run to end, and fail the test unless it exits with 0."""
+    def finish(self) -> int:
+        """Wait for the run to end; its exit code."""
         try:
-            code = self.proc.wait(RUN_BOUND)
+            return self.proc.wait(RUN_BOUND)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise AssertionError(f"run {self.name} did not finish:\n{self.log[-5000:]}") from None
+
+    def succeed(self) -> None:
+        """Wait for the run to end, and fail the test unless it exits with 0."""
+        code = self.finish()
         assert code == 0, f"run {self.name} exited {code}:\n{self.log[-5000:]}"
 
 
@@ -115,13 +126,20 @@ def started(
     with ws.env():
         base = {**os.environ, **(env or {})}
     runs: list[CliRun] = []
-    try:
+    with reaped(runs):
         for name in INTERVALS:
             run_env = dict(base)
             if own_cache_dirs:
                 run_env["ORCHESTRA_DBT_CACHE_DIR"] = str(ws.root / f"cache-{name}")
             runs.append(CliRun(ws, name, state_flags, run_env))
         yield runs
+
+
+@contextmanager
+def reaped(runs: list[CliRun]) -> Iterator[None]:
+    """Runs still going when the block ends (a failed test) are killed."""
+    try:
+        yield
     finally:
         for run in runs:
             if run.proc.poll() is None:

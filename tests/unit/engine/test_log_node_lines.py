@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.log_lines import Lines
 
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.planner import Action, Decision
@@ -123,17 +124,6 @@ def test_recorded_times_come_from_each_nodes_state_entry() -> None:
         "db.s.c": {"execution_time": True},
     }
     assert recorded_execution_times(decisions, state) == {"model.p.a": 1.5}
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str, /, *args: Any) -> None:
-        self.lines.append(msg % args)
-
-    def warning(self, msg: str, /, *args: Any) -> None:
-        self.lines.append(msg % args)
 
 
 def test_the_session_logs_each_finished_node_with_its_place(tmp_path: Path) -> None:

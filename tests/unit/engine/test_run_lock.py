@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.log_lines import Lines
 
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.run_lock import (
@@ -31,22 +32,6 @@ from airflow_provider_orchestra_dbt.state import LocalFileStateStore
 
 WHAT = "dbt project /p (target 'dev')"
 BOUND = 10.0  # seconds: an upper bound for things that take milliseconds
-
-
-class Lines:
-    """A logger that keeps its lines, so tests can wait for one."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str, /, *args: object) -> None:
-        self.lines.append(msg % args)
-
-    def warning(self, msg: str, /, *args: object) -> None:
-        self.lines.append(msg % args)
-
-    def having(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = BOUND) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.log_lines import Lines
 
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.run_lock import RunLock, RunLockError, RunLockStopped
@@ -373,23 +374,6 @@ def test_local_file_store_writes_a_lease_only_at_the_version_read(tmp_path: Path
 
 
 # -- in the run lock and the session ---------------------------------------------------------------
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str, /, *args: object) -> None:
-        self.lines.append(msg % args)
-
-    def warning(self, msg: str, /, *args: object) -> None:
-        self.lines.append(msg % args)
-
-    def error(self, msg: str, /, *args: object) -> None:
-        self.lines.append("ERROR " + msg % args)
-
-    def having(self, text: str) -> list[str]:
-        return [line for line in self.lines if text in line]
 
 
 def run_lock(tmp_path: Path, machine: str, the_lease: Lease, **kwargs: object) -> RunLock:

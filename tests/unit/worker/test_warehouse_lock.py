@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.log_lines import Lines
 
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.run_lock import RunLockError, RunLockStopped
@@ -34,17 +35,6 @@ FIRST = {
     "backend_start": "2026-01-02T03:04:05+00:00",
 }
 SECOND = {**FIRST, "pid": 5151, "application_name": "orchestra-dbt pid 18: dbt run"}
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg: str, /, *args: object) -> None:
-        self.lines.append(msg % args)
-
-    def warning(self, msg: str, /, *args: object) -> None:
-        self.lines.append(msg % args)
 
 
 class FakeTime(threading.Event):

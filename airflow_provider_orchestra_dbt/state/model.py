@@ -342,14 +342,18 @@ class StateDocument:
             entries=merge_entries(self.entries, updates), extra=copy.deepcopy(self.extra)
         )
 
-    def to_json_bytes(self) -> bytes:
+    def to_json_bytes(self, *, compact: bool = False) -> bytes:
         """Serialise as indented UTF-8 JSON with sorted keys, so rewrites give small diffs.
+
+        ``compact`` drops the indentation: about a third of the encoding time and size of a
+        large document, for stores nobody reads by eye and whose writers race (S3, where a
+        shorter read-merge-write round loses fewer conditional writes).
 
         Raises:
             ValueError: a value is NaN or infinite.
             TypeError: a value is not representable in JSON.
         """
-        return _encode({**self.extra, STATE_KEY: self.entries}, indent=2)
+        return _encode({**self.extra, STATE_KEY: self.entries}, indent=None if compact else 2)
 
     @classmethod
     def from_json_bytes(

@@ -249,7 +249,7 @@ class S3StateStore:
                     # Nothing would change (e.g. every update is older than what is
                     # stored); skipping the write is equivalent to winning it.
                     return current
-                if self._put(merged.to_json_bytes(), etag):
+                if self._put(merged.to_json_bytes(compact=True), etag):
                     return merged
                 if attempt == self._max_attempts or not clock.sleep(clock.backoff(attempt)):
                     break

@@ -123,6 +123,17 @@ def test_to_json_bytes_is_sorted_indented_utf8_with_trailing_newline() -> None:
     assert text.index('"a"') < text.index('"state"') < text.index('"z"')
 
 
+def test_compact_json_bytes_are_one_line_with_the_same_content() -> None:
+    document = StateDocument(
+        entries={"b": {"checksum": "é", "last_updated": "2025-01-01T00:00:00+00:00"}},
+        extra={"z": 1},
+    )
+    compact = document.to_json_bytes(compact=True)
+    assert compact.count(b"\n") == 1 and compact.endswith(b"}\n")
+    assert len(compact) < len(document.to_json_bytes())
+    assert StateDocument.from_json_bytes(compact, origin=ORIGIN) == document
+
+
 @pytest.mark.parametrize("data", [b"{}", b"", b"  \n", b'{"state": {}}'])
 def test_empty_documents_are_empty_state(data: bytes) -> None:
     document = StateDocument.from_json_bytes(data, origin=ORIGIN)

@@ -2,13 +2,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TypeVar
 
 import pytest
 from support.airflow_env import AirflowEnv
 from support.postgres import PgServer, PostgresUnavailable, postgres_server
+from support.redis_server import RedisUnavailable, redis_server
 from support.s3_server import MotoS3Server
 from support.tutorial import REPO, Baseline, PgDatabase, ProjectBaselines, Workspace
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,12 +41,26 @@ def pg_server() -> Iterator[PgServer]:
     or the existing server named by ORCHESTRA_TEST_PG_HOST/PORT/USER/PASSWORD (see
     support/postgres.py). Without either, the tests are skipped, but fail under CI.
     """
+    yield from service_or_skip(postgres_server, PostgresUnavailable, "PostgreSQL")
+
+
+@pytest.fixture(scope="module")
+def redis_broker() -> Iterator[str]:
+    """A Redis server on 127.0.0.1 for Celery; its URL. Skipped without Debian's redis-server
+    (installed by scripts/test.sh as root), but fails under CI."""
+    yield from service_or_skip(redis_server, RedisUnavailable, "Redis")
+
+
+def service_or_skip(
+    start: Callable[[], AbstractContextManager[T]], unavailable: type[Exception], what: str
+) -> Iterator[T]:
+    """What ``start`` yields; the tests skip when the service cannot run here (CI fails)."""
     try:
-        with postgres_server() as server:
-            yield server
-    except PostgresUnavailable as e:
+        with start() as service:
+            yield service
+    except unavailable as e:
         if os.environ.get("CI"):
-            pytest.fail(f"CI needs PostgreSQL: {e}")
+            pytest.fail(f"CI needs {what}: {e}")
         pytest.skip(str(e))
 
 

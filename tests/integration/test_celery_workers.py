@@ -6,6 +6,7 @@ dag-processor and the scheduler, and two Celery workers. Each worker stands for 
 its own: its own temp, cache (so run lock) and log directories, its own copy of the dbt
 project and its own host name in Airflow. They share what workers must share: the warehouse
 (the tutorial's PostgreSQL target) and the state store (S3, moto's server over HTTP).
+The deployment itself is ``support/celery_deployment.py`` (``bench/backfill.py`` times it).
 
 A backfill of three daily intervals runs with all three DAG runs active at once. Only the
 lease in the S3 state store can keep their dbt builds apart, so the checks are that:
@@ -20,23 +21,22 @@ lease in the S3 state store can keep their dbt builds apart, so the checks are t
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import shutil
-import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-from support.airflow_deployment import Deployment, scheduler_env
-from support.airflow_env import AirflowEnv, free_port
+from support.celery_deployment import (
+    STATE_KEY,
+    TUTORIAL,
+    WORKERS,
+    CeleryDeployment,
+    celery_deployment,
+    dbt_window,
+)
 from support.postgres import PgServer
-from support.redis_server import RedisUnavailable, redis_server
 from support.s3_server import MotoS3Server
-from support.tutorial import REPO, Baseline, Workspace, short, tree_digest
+from support.tutorial import Baseline, short, tree_digest
 
 from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.engine.session import lease_name
@@ -45,104 +45,12 @@ from airflow_provider_orchestra_dbt.state.lease import Lease
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-TUTORIAL = "orchestra_dbt_tutorial"
-CONN_ID = "orchestra_state"
-STATE_KEY = "dbt/state.json"
-WORKERS = ("worker-a", "worker-b")
 BACKFILL = ("2026-01-03", "2026-01-05")  # three daily intervals
 LANDED_DAYS = tuple(f"2026-01-0{day}" for day in range(2, 8))
 ORDERS_PER_DAY = 2
 GATE = "the test's gate"
-METADATA_DB = "airflow_celery"
 BACKFILL_TIMEOUT = 600.0
 ORDERS_CHAIN = {"stg_orders", "int_orders_enriched", "fct_orders"}
-# Airflow reports a task's host through [core] hostname_callable: on one machine both
-# workers would say the same, so each names itself from its environment.
-HOSTNAME_MODULE = """\
-import os
-import socket
-
-
-def worker_name() -> str:
-    return os.environ.get("ORCHESTRA_TEST_WORKER") or socket.getfqdn()
-"""
-
-
-@dataclass
-class CeleryDeployment(Deployment):
-    """The deployment on a PostgreSQL metadata DB, with the tutorial's workspace."""
-
-    pg: PgServer = field(kw_only=True)
-    ws: Workspace = field(kw_only=True)
-    s3: Any = field(kw_only=True)
-    worker_dirs: dict[str, Path] = field(default_factory=dict)
-
-    def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        conn = self.pg.connect(METADATA_DB)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(sql.replace("?", "%s"), tuple(params))
-                return list(cursor.fetchall())
-        finally:
-            conn.close()
-
-    def task_log(self, run_id: str, task_id: str = "dbt_build") -> str:
-        """The task's log, from whichever worker ran it (logs stay on the worker's machine)."""
-        found = [
-            path.read_text(errors="replace")
-            for worker_dir in self.worker_dirs.values()
-            for path in (worker_dir / "logs" / f"dag_id={TUTORIAL}" / f"run_id={run_id}").glob(
-                f"task_id={task_id}/attempt=*.log"
-            )
-        ]
-        return "\n".join(found)
-
-    def xcom(self, run_id: str, key: str = "return_value") -> Any:
-        rows = self.query(
-            "select value from xcom where dag_id = ? and run_id = ? and task_id = 'dbt_build' "
-            "and map_index = -1 and key = ?",
-            (TUTORIAL, run_id, key),
-        )
-        assert rows, f"no XCom {key!r} for dbt_build in {run_id}"
-        value = rows[0][0]
-        return json.loads(value) if isinstance(value, str) else value
-
-    def state(self) -> dict[str, dict[str, Any]]:
-        body = self.s3.client().get_object(Bucket=self.s3.bucket, Key=STATE_KEY)["Body"].read()
-        entries: dict[str, dict[str, Any]] = json.loads(body)["state"]
-        return {short(e["unique_id"]): e for e in entries.values()}
-
-
-def _log_events(log: str, contains: str) -> list[datetime]:
-    """When the task log (JSON lines in Airflow 3) recorded a message containing ``contains``."""
-    found = []
-    for line in log.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and contains in str(record.get("event", "")):
-            found.append(datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")))
-    return found
-
-
-def _dbt_window(log: str) -> tuple[datetime, datetime]:
-    """From the run's first executed node to its saved state: inside the run's turn."""
-    starts = _log_events(log, "planned nodes")  # "Executing N of M planned nodes"
-    ends = _log_events(log, "state entries to")  # "Saved N state entries to ..."
-    assert starts and ends, log[-3000:]
-    return min(starts), max(ends)
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[str]:
-    try:
-        with redis_server() as url:
-            yield url
-    except RedisUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs Redis: {exc}")
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -151,86 +59,17 @@ def celery(
     postgres_baseline: Baseline,
     pg_server: PgServer,
     s3_server: MotoS3Server,
-    broker: str,
+    redis_broker: str,
 ) -> Iterator[CeleryDeployment]:
-    root = tmp_path_factory.mktemp("celery")
-    ws = postgres_baseline.copy_to(root / "ws")
-    assert ws.pg is not None
-    # The state starts as the baseline's first build, in S3: the backfill plans on it.
-    s3 = s3_server.create_bucket()
-    s3.client().put_object(Bucket=s3.bucket, Key=STATE_KEY, Body=ws.state_file.read_bytes())
-    ws.state_file.unlink()
-    logs = root / "logs"
-    logs.mkdir()
-
-    pg_server.recreate(METADATA_DB)
-    auth = urllib.parse.quote(pg_server.user, safe="")
-    if pg_server.password:
-        auth += ":" + urllib.parse.quote(pg_server.password, safe="")
-    db_url = f"postgresql+psycopg2://{auth}@{pg_server.host}:{pg_server.port}/{METADATA_DB}"
-    connection = {
-        "conn_type": "orchestra_dbt",
-        "login": s3.aws_access_key_id,
-        "extra": {
-            "backend": "s3",
-            "state_uri": f"s3://{s3.bucket}/{STATE_KEY}",
-            "endpoint_url": s3.endpoint_url,
-            "region_name": s3.region_name,
-            "aws_secret_access_key": s3.aws_secret_access_key,
-        },
-    }
-    api_port = free_port()
-    env = AirflowEnv(root / "airflow")
-    extra = (
-        ws.pg.env()
-        | scheduler_env(api_port)
-        | {
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CELERY__BROKER_URL": broker,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db_url,
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "orchestra_test_hostname.worker_name",
-            "ORCHESTRA_DBT_TUTORIAL_DIR": str(ws.project),
-            "ORCHESTRA_DBT_TUTORIAL_TARGET": "postgres",
-            "ORCHESTRA_DBT_TUTORIAL_CONN_ID": CONN_ID,
-            f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(connection),
-        }
-    )
-    (env.home / "config").mkdir()
-    (env.home / "config" / "orchestra_test_hostname.py").write_text(HOSTNAME_MODULE)
-    env.add_dag(
-        "orchestra_dbt_tutorial.py", (REPO / "dags" / "orchestra_dbt_tutorial.py").read_text()
-    )
-    deployment = CeleryDeployment(env=env, extra=extra, logs=logs, pg=pg_server, ws=ws, s3=s3)
-    migrate = env.airflow("db", "migrate", extra_env=extra, timeout=300)
-    assert migrate.returncode == 0, migrate.stdout[-4000:]
-    try:
-        deployment.start("dag-processor", "dag-processor")
-        deployment.start("scheduler", "scheduler", "--skip-serve-logs")
-        for name in WORKERS:
-            machine = root / name
-            for sub in ("tmp", "cache", "logs"):
-                (machine / sub).mkdir(parents=True)
-            shutil.copytree(ws.project, machine / "project")
-            deployment.worker_dirs[name] = machine
-            # One task at a time each, so that runs overlap only across the two workers.
-            deployment.start(
-                name, "celery", "worker", "--celery-hostname", f"{name}@%h",
-                "--concurrency", "1", "--skip-serve-logs", "--without-mingle", "--without-gossip",
-                extra_env={
-                    "ORCHESTRA_TEST_WORKER": name,
-                    "TMPDIR": str(machine / "tmp"),
-                    "ORCHESTRA_DBT_CACHE_DIR": str(machine / "cache"),
-                    "ORCHESTRA_DBT_PICTURE_DIR": str(machine / "pictures"),
-                    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(machine / "logs"),
-                    "ORCHESTRA_DBT_TUTORIAL_DIR": str(machine / "project"),
-                },
-            )  # fmt: skip
-        deployment.start_api_server(api_port)
-        deployment.wait_parsed({TUTORIAL})
+    with celery_deployment(
+        tmp_path_factory.mktemp("celery"),
+        postgres_baseline,
+        pg_server,
+        s3_server.create_bucket(),
+        redis_broker,
+        WORKERS,
+    ) as deployment:
         yield deployment
-    finally:
-        deployment.stop()
 
 
 def test_backfill_on_two_celery_workers_takes_turns_and_keeps_every_update(
@@ -240,16 +79,7 @@ def test_backfill_on_two_celery_workers_takes_turns_and_keeps_every_update(
     digests = {name: tree_digest(path / "project") for name, path in d.worker_dirs.items()}
     # New orders on every day around the backfill: the first run in turn must rebuild the
     # orders chain, the others plan on what it built; each run re-aggregates its own day.
-    landed = [
-        f"({n}, 1, date '{day}', 'completed', now())"
-        for day in LANDED_DAYS
-        for n in range(ORDERS_PER_DAY)
-    ]
-    d.ws.sql(
-        "insert into raw.orders (id, customer_id, order_date, status, _loaded_at) "
-        "select (select max(id) from raw.orders) + row_number() over (), c, d, s, t "
-        f"from (values {', '.join(landed)}) as v(n, c, d, s, t)"
-    )
+    d.land_orders(LANDED_DAYS, ORDERS_PER_DAY)
 
     # The test holds the runs' lease while they start, so that two of them (one per worker)
     # are known to wait for it at once; then it lets go and they race.
@@ -312,7 +142,7 @@ def test_backfill_on_two_celery_workers_takes_turns_and_keeps_every_update(
 
     # No two dbt builds at the same time, and the turns are visible in the logs.
     logs = {run_id: d.task_log(run_id) for run_id in runs}
-    windows = sorted((*_dbt_window(logs[r]), r) for r in runs)
+    windows = sorted((*dbt_window(logs[r]), r) for r in runs)
     for (_, end, before), (start, _, after) in itertools.pairwise(windows):
         assert end <= start, f"the dbt builds of {before} and {after} overlapped: {windows}"
     # Of the two that waited for the test, one then waited for the other, and said so.

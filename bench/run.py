@@ -631,6 +631,41 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
+def machine_lines(
+    facts: dict[str, Any],
+    loads: Sequence[float],
+    *,
+    during: str,
+    started: str,
+    elapsed: float,
+    commit: str,
+    versions: dict[str, str],
+) -> list[str]:
+    """The "Machine" bullets of a side benchmark's report (state saves, backfill).
+
+    ``facts`` is :func:`machine_facts` plus ``commit_at_end`` and ``nice``; ``loads`` the
+    1-minute load averages sampled ``during`` the measurements.
+    """
+    changed = facts["commit_at_end"] != commit
+    return [
+        f"* CPU: {facts['cpu']}, {facts['cores']} cores; memory {facts['memory_gib']} GiB; "
+        f"Linux {facts['kernel']}; Python {facts['python']}",
+        f"* load average (1 min) {during}: min {min(loads):.2f}, median "
+        f"{median(loads):.2f}, max {max(loads):.2f}; the benchmark ran at nice {facts['nice']}"
+        if loads
+        else "* load: -",
+        f"* started {started}, took {elapsed / 60:.1f} min",
+        f"* commit `{commit}`"
+        + (
+            f" (**the tree changed during the run**: `{facts['commit_at_end']}` at the end)"
+            if changed
+            else ""
+        )
+        + "; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items()),
+    ]
+
+
 def _fmt_s(value: float) -> str:
     return f"{value:.1f}" if value == value else "-"
 

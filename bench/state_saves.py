@@ -62,7 +62,7 @@ sys.path.insert(0, str(BENCH))
 # The test servers (tests/support) are imported as ``support.*``, as the tests do.
 sys.path.insert(1, str(REPO / "tests"))
 
-from run import git_commit, log, machine_facts, median, package_versions  # noqa: E402
+from run import git_commit, log, machine_facts, machine_lines, package_versions  # noqa: E402
 
 RESULTS = BENCH / "results"
 BACKENDS = ("local", "http", "s3")
@@ -632,21 +632,15 @@ def write_report(
         "",
         "## Machine",
         "",
-        f"* CPU: {facts['cpu']}, {facts['cores']} cores; memory {facts['memory_gib']} GiB; "
-        f"Linux {facts['kernel']}; Python {facts['python']}",
-        f"* load average (1 min) before the rows: min {min(loads):.2f}, median "
-        f"{median(loads):.2f}, max {max(loads):.2f}; the benchmark ran at nice {facts['nice']}"
-        if loads
-        else "* load: -",
-        f"* started {args.started}, took {args.elapsed / 60:.1f} min",
-        f"* commit `{args.commit}`"
-        + (
-            f" (**the tree changed during the run**: `{facts['commit_at_end']}` at the end)"
-            if facts["commit_at_end"] != args.commit
-            else ""
-        )
-        + "; "
-        + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        *machine_lines(
+            facts,
+            loads,
+            during="before the rows",
+            started=args.started,
+            elapsed=args.elapsed,
+            commit=args.commit,
+            versions=versions,
+        ),
         f"* local file on {facts['scratch_fs']} ({facts['scratch']}); servers on 127.0.0.1 in "
         "the benchmark's own process: `tests/support/orchestra_server.py` and "
         "`tests/support/s3_server.py` (moto, one request at a time)",

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from airflow_provider_orchestra_dbt import __version__
-from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.picture import write_run_html
-from airflow_provider_orchestra_dbt.engine.report import FULL_PLAN_ENV
-from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
+from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.session import DbtRunError, DbtSession
+from airflow_provider_orchestra_dbt.presentation.picture import write_run_html
+from airflow_provider_orchestra_dbt.presentation.report import FULL_PLAN_ENV
 from airflow_provider_orchestra_dbt.state import (
     SUPPORTED_STATE_URIS,
     LocalFileStateStore,

@@ -209,17 +209,17 @@ def _memory() -> dict[str, int]:
 
 
 def run_once(message_line: str, state_dir: Path) -> dict[str, float]:
-    from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprinter
-    from airflow_provider_orchestra_dbt.engine.graph import Graph
-    from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
-    from airflow_provider_orchestra_dbt.engine.planner import (
+    from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprinter
+    from airflow_provider_orchestra_dbt.decisions.graph import Graph
+    from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult, state_updates
+    from airflow_provider_orchestra_dbt.decisions.planner import (
         PlanOptions,
         Probe,
         SourceFreshness,
         plan,
         probe_targets,
     )
-    from airflow_provider_orchestra_dbt.engine.report import RunReport
+    from airflow_provider_orchestra_dbt.presentation.report import RunReport
     from airflow_provider_orchestra_dbt.state import LocalFileStateStore
     from airflow_provider_orchestra_dbt.state.model import merge_entries
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.with_airflow:
         import airflow_provider_orchestra_dbt.operators.orchestra_dbt
-    import airflow_provider_orchestra_dbt.engine.session
+    import airflow_provider_orchestra_dbt.execution.session
     import airflow_provider_orchestra_dbt.state  # noqa: F401
 
     after_imports = _memory()

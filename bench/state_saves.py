@@ -8,8 +8,8 @@ For each state backend (local file, Orchestra HTTP API, S3) and each number of w
 fresh state document of ``--entries`` (2,000) entries is laid down and ``--writers`` spawned
 processes (one per writer, as separate Airflow tasks are) each make ``--saves`` saves. A save
 is ``StateStore.save(updates)``, the read-modify-write the session makes at the end of a run
-(``engine/session.py``: ``store.save(outcome.updates)``), with ``--handful`` entries shaped
-like those ``engine/outcomes.py`` records. Writers build their store and connect before a
+(``execution/session.py``: ``store.save(outcome.updates)``), with ``--handful`` entries shaped
+like those ``decisions/outcomes.py`` records. Writers build their store and connect before a
 barrier and are released together, so their saves overlap instead of being staggered by
 process start-up; each times every save with ``time.perf_counter``.
 
@@ -98,7 +98,7 @@ def _digest(text: str) -> str:
 
 
 def node_entry(index: int, stamp: str, marker: str) -> dict[str, Any]:
-    """One entry with the fields and sizes ``engine/outcomes.py`` records for a built model."""
+    """One entry with the fields and sizes ``decisions/outcomes.py`` records for a built model."""
     name = f"m_{index:05d}"
     sources = [
         f"source.bench.raw_{(index + k) % 20:02d}.t_{(index * 7 + k) % 40:03d}" for k in (0, 1)

@@ -77,7 +77,7 @@ oldest_duckdb="editing_a_macro or changing_a_var or changing_a_seed or failing_e
 oldest_reuse="first_run or second_run or new_rows_in_one_source"
 oldest_reuse+=" or (duckdb and ($oldest_duckdb or build_after))"
 "$oldest_env/bin/python" -m pytest -p no:cacheprovider --durations=15 --basetemp "$logs/oldest" \
-  tests/unit/worker tests/unit/engine tests/integration/test_reuse.py \
+  tests/unit/worker tests/unit/decisions tests/unit/execution tests/unit/presentation tests/integration/test_reuse.py \
   tests/integration/test_commands.py tests/integration/test_parse_cache.py \
   -k "not test_reuse or $oldest_reuse" >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!

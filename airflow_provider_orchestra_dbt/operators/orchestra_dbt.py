@@ -20,8 +20,8 @@ from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
 
-    from airflow_provider_orchestra_dbt.engine.report import RunReport
-    from airflow_provider_orchestra_dbt.engine.session import DbtSession
+    from airflow_provider_orchestra_dbt.execution.session import DbtSession
+    from airflow_provider_orchestra_dbt.presentation.report import RunReport
     from airflow_provider_orchestra_dbt.state import StateStore
 
 NODE_DETAILS_XCOM_KEY = "orchestra_dbt_nodes"
@@ -188,8 +188,8 @@ class OrchestraDbtOperator(BaseOperator):
             self._declare_assets()
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig
-        from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
+        from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig
+        from airflow_provider_orchestra_dbt.execution.session import DbtRunError, DbtSession
         from airflow_provider_orchestra_dbt.state import StateError
 
         try:
@@ -257,8 +257,8 @@ class OrchestraDbtOperator(BaseOperator):
         Returns where it is: the S3 URI when the state is on S3 (so an api-server on another
         machine can serve it), else the local path.
         """
-        from airflow_provider_orchestra_dbt.engine.picture import write_run_html
         from airflow_provider_orchestra_dbt.plugins.paths import picture_relative_path, picture_root
+        from airflow_provider_orchestra_dbt.presentation.picture import write_run_html
 
         ti = context["ti"]
         root = Path(self.picture_dir).expanduser() if self.picture_dir else picture_root()
@@ -310,7 +310,7 @@ class OrchestraDbtOperator(BaseOperator):
             self.inlets = [*self.inlets, *declared]
 
     def _manifest_assets(self) -> list[Asset]:
-        from airflow_provider_orchestra_dbt.engine.manifest import load_manifest
+        from airflow_provider_orchestra_dbt.assets.manifest import load_manifest
 
         if _templated(self.project_dir, self.profiles_dir, self.target, self.manifest_path):
             return []

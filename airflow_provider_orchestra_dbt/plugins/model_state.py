@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.planner import tests_failed
+from airflow_provider_orchestra_dbt.decisions.planner import tests_failed
 
 STATEFUL_TYPES = ("model", "seed", "snapshot")
 SOURCES_SHOWN = 3

@@ -1,6 +1,6 @@
 """A lease kept in the state store: runs on different machines take turns.
 
-The machine-local run lock (``engine/run_lock.py``) keeps runs of one project and target on
+The machine-local run lock (``execution/run_lock.py``) keeps runs of one project and target on
 one machine apart. Workers on several machines share only the state store, so that is where
 they meet: a run takes a *lease*, a small JSON record next to the state document, before it
 reads the state and gives it back once its dbt worker has exited. The store writes the record

@@ -11,9 +11,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from airflow_provider_orchestra_dbt.locking import LockTimeout, flock_exclusive, open_lock_file
 from airflow_provider_orchestra_dbt.state.errors import StateError
 from airflow_provider_orchestra_dbt.state.lease import LEASE_DIR, LeaseUnavailable
+from airflow_provider_orchestra_dbt.state.locking import (
+    LockTimeout,
+    flock_exclusive,
+    open_lock_file,
+)
 from airflow_provider_orchestra_dbt.state.model import (
     StateDocument,
     StateEntries,

@@ -7,7 +7,7 @@ The document looks like::
 
 which is the shape the ``dbt-orchestra`` tool writes, so both tools can keep their
 entries in one document (under different keys: neither reuses the other's entries, see
-engine/planner.py). Entries may carry more fields (``upstream``, ``status``,
+decisions/planner.py). Entries may carry more fields (``upstream``, ``status``,
 ``execution_time``, ``run``, ``checksum_parts``, ``source_tokens``, ``unique_id``); fields and
 top-level keys this version does not know about are carried through untouched
 so that a newer writer's data survives a round trip through an older one.

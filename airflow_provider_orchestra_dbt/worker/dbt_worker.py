@@ -1217,7 +1217,7 @@ def _exit_now(code: int) -> None:
 # -- the warehouse run lock ------------------------------------------------------------------
 #
 # On PostgreSQL, runs of one project and target take turns on a session-level advisory lock
-# (the parent decides when and how long to try: engine/warehouse_lock.py). It lives on a
+# (the parent decides when and how long to try: execution/warehouse_lock.py). It lives on a
 # connection of its own, opened by dbt-postgres's code from the target's credentials: the
 # adapter's connections are keyed by thread and closed by dbt after every invocation, and the
 # lock would go with them. Ours stays open until this process exits; then the server sees the
@@ -1248,7 +1248,7 @@ select count(*) from pg_locks
 where locktype = 'advisory' and granted and objsubid = 1 and pid = pg_backend_pid()
   and classid = %s::bigint::oid and objid = %s::bigint::oid
 """
-# The same as engine/warehouse_lock.py's: this file imports nothing of the package.
+# The same as execution/warehouse_lock.py's: this file imports nothing of the package.
 LOCKING_ADAPTERS = frozenset({"postgres"})
 
 
@@ -1363,7 +1363,7 @@ _warehouse_lock = WarehouseLock()
 #   for dbt miss it and so that it can tell when the group is empty.
 #
 # The watchdog keeps the run lock's descriptor (the parent's lock, shared, see
-# engine/run_lock.py) until the group is empty: the next run starts only once nothing of
+# execution/run_lock.py) until the group is empty: the next run starts only once nothing of
 # this one can touch the warehouse.
 
 # prctl(2) option: the signal to get when the parent thread ends.

@@ -43,7 +43,7 @@ STARTUP_TIMEOUT = 180.0
 # Every wait in the browser is bounded by this (ms): generous, the machine may be busy.
 UI_TIMEOUT_MS = 60_000
 CLICK_TRIES = 3
-# What the picture of the tutorial's first run shows (engine/picture.py): its header, and
+# What the picture of the tutorial's first run shows (presentation/picture.py): its header, and
 # the models it built.
 PICTURE_TEXTS = ("Estimated warehouse time saved by reuse", "fct_orders", "dim_customers")
 

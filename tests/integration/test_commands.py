@@ -7,8 +7,8 @@ import logging
 import pytest
 from support.tutorial import Workspace, built, decisions, executed_tests, short
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.session import DbtSession
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.session import DbtSession
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,9 @@ import pytest
 from support.cli_runs import GATE, INTERVALS, in_turn, race_after_gate, started, utc
 from support.tutorial import TARGETS, Workspace, built, decisions, short, tree_digest
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.run_lock import RunLock
-from airflow_provider_orchestra_dbt.engine.session import run_lock_path
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
+from airflow_provider_orchestra_dbt.execution.session import run_lock_path
 
 # ``target`` feeds the ``baseline`` and ``ws`` fixtures (tests/integration/conftest.py).
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("target", TARGETS)]

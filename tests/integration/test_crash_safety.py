@@ -25,8 +25,8 @@ import pytest
 from support.airflow_env import Proc, children, processes, wait_for
 from support.tutorial import Workspace, plain_dbt_build, tree_digest
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.session import run_lock_path
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.session import run_lock_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc"

@@ -25,9 +25,9 @@ from support.airflow_env import free_port, wait_for
 from support.cli_runs import CliRun, reaped
 from support.tutorial import Baseline, Workspace
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.session import lease_name
-from airflow_provider_orchestra_dbt.engine.warehouse_lock import advisory_lock_key
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.session import lease_name
+from airflow_provider_orchestra_dbt.execution.warehouse_lock import advisory_lock_key
 
 pytestmark = pytest.mark.integration
 

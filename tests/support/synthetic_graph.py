@@ -11,9 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprint
-from airflow_provider_orchestra_dbt.engine.graph import BuildAfter, Graph, Node
-from airflow_provider_orchestra_dbt.engine.planner import Probe, SourceFreshness
+from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprint
+from airflow_provider_orchestra_dbt.decisions.graph import BuildAfter, Graph, Node
+from airflow_provider_orchestra_dbt.decisions.planner import Probe, SourceFreshness
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 T0 = NOW - timedelta(days=1)  # when everything was last built

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef, dbt_model_asset
-from airflow_provider_orchestra_dbt.engine.manifest import load_manifest
-from airflow_provider_orchestra_dbt.engine.warehouse import Warehouse, warehouse_for
+from airflow_provider_orchestra_dbt.assets.manifest import load_manifest
+from airflow_provider_orchestra_dbt.assets.warehouse import Warehouse, warehouse_for
 
 
 def node(uid: str, deps: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:

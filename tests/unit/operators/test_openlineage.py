@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from support.synthetic_graph import M1, M2, NOW, SEED, STG, base_graph, fingerprints, fresh_probe
 
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult
-from airflow_provider_orchestra_dbt.engine.planner import PlanOptions, plan
-from airflow_provider_orchestra_dbt.engine.report import RunReport
+from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult
+from airflow_provider_orchestra_dbt.decisions.planner import PlanOptions, plan
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtOperator
+from airflow_provider_orchestra_dbt.presentation.report import RunReport
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.run_lock import RunLock
-from airflow_provider_orchestra_dbt.engine.session import run_lock_path
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
+from airflow_provider_orchestra_dbt.execution.session import run_lock_path
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtOperator
 
 

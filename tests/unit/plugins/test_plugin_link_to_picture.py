@@ -47,7 +47,9 @@ def test_extra_link_of_a_written_picture_is_served_by_the_plugin(
         path.write_text(f"<html>{title}</html>")
         return path
 
-    with mock.patch("airflow_provider_orchestra_dbt.engine.picture.write_run_html", write_run_html):
+    with mock.patch(
+        "airflow_provider_orchestra_dbt.presentation.picture.write_run_html", write_run_html
+    ):
         OrchestraDbtOperator._write_picture(operator, {"ti": ti}, mock.Mock(), mock.Mock())  # type: ignore[arg-type, typeddict-item]
     link = OrchestraDbtRunPictureLink()
     monkeypatch.setattr(BaseXCom, "get_value", lambda *, ti_key, key: pushed[key])

@@ -167,7 +167,9 @@ def test_picture_uploaded_next_to_s3_state_is_served_by_another_machine(
         path.write_text(f"<html>{title}</html>")
         return path
 
-    with mock.patch("airflow_provider_orchestra_dbt.engine.picture.write_run_html", write_run_html):
+    with mock.patch(
+        "airflow_provider_orchestra_dbt.presentation.picture.write_run_html", write_run_html
+    ):
         location = operator._write_picture({"ti": ti}, mock.Mock(), store)  # type: ignore[arg-type, typeddict-item]
     relative = picture_relative_path("shop", "scheduled__1", "dbt_build", -1, 2)
     key = remote_picture_key("team/state.json", relative)

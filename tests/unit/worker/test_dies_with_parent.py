@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_orchestra_dbt.engine.run_lock import RunLock, RunLockError
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLock, RunLockError
 from airflow_provider_orchestra_dbt.worker.client import WORKER_SCRIPT, WorkerProcess
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -109,7 +109,7 @@ def test_the_worker_holds_the_run_lock_with_its_parent_and_leaves_nothing_behind
 PARENT_SCRIPT = """
 import os, sys
 from pathlib import Path
-from airflow_provider_orchestra_dbt.engine.run_lock import RunLock
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
 from airflow_provider_orchestra_dbt.worker.client import WorkerProcess
 
 class Log:

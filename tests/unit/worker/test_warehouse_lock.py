@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from support.log_lines import Lines
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.run_lock import RunLockError, RunLockStopped
-from airflow_provider_orchestra_dbt.engine.session import lease_name
-from airflow_provider_orchestra_dbt.engine.warehouse_lock import (
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLockError, RunLockStopped
+from airflow_provider_orchestra_dbt.execution.session import lease_name
+from airflow_provider_orchestra_dbt.execution.warehouse_lock import (
     LockAttempt,
     WarehouseLockUnavailable,
     advisory_lock_key,

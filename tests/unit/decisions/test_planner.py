@@ -28,8 +28,8 @@ from support.synthetic_graph import (
     key,
 )
 
-from airflow_provider_orchestra_dbt.engine.graph import BuildAfter, Graph
-from airflow_provider_orchestra_dbt.engine.planner import (
+from airflow_provider_orchestra_dbt.decisions.graph import BuildAfter, Graph
+from airflow_provider_orchestra_dbt.decisions.planner import (
     Action,
     PlanOptions,
     Probe,

@@ -13,9 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprint, Fingerprinter
-from airflow_provider_orchestra_dbt.engine.graph import BuildAfter, Graph, Node
-from airflow_provider_orchestra_dbt.engine.volatility import CodeScanner, Reads, volatility
+from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprint, Fingerprinter
+from airflow_provider_orchestra_dbt.decisions.graph import BuildAfter, Graph, Node
+from airflow_provider_orchestra_dbt.decisions.volatility import CodeScanner, Reads, volatility
 from airflow_provider_orchestra_dbt.state.model import StateEntries, parse_timestamp
 
 STATE_AWARE_COMMANDS = frozenset({"build", "run", "test"})

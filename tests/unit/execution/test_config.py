@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_orchestra_dbt.engine.config import ConfigError, DbtRunConfig, parse_vars
+from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig, parse_vars
 
 
 @pytest.fixture

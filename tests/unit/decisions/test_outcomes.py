@@ -21,8 +21,8 @@ from support.synthetic_graph import (
     key,
 )
 
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
-from airflow_provider_orchestra_dbt.engine.planner import (
+from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult, state_updates
+from airflow_provider_orchestra_dbt.decisions.planner import (
     PlanOptions,
     Probe,
     SourceFreshness,
@@ -138,7 +138,7 @@ def test_a_test_command_failure_marks_the_tested_node_too() -> None:
 def test_every_status_dbt_reports_has_a_meaning() -> None:
     from dbt.artifacts.schemas.results import NodeStatus
 
-    from airflow_provider_orchestra_dbt.engine.outcomes import KNOWN_STATUSES
+    from airflow_provider_orchestra_dbt.decisions.outcomes import KNOWN_STATUSES
 
     assert {str(s.value) for s in NodeStatus} <= KNOWN_STATUSES
 
@@ -157,7 +157,7 @@ def test_a_test_status_this_provider_does_not_know_counts_as_failed() -> None:
 
 
 def test_the_report_counts_what_dbt_kept_as_reused_and_unknown_statuses_as_failed() -> None:
-    from airflow_provider_orchestra_dbt.engine.report import FAILED, REUSED, node_outcome
+    from airflow_provider_orchestra_dbt.presentation.report import FAILED, REUSED, node_outcome
 
     def outcome(status: str, is_test: bool = False) -> str:
         return node_outcome(is_test, True, NodeResult(M1, status))

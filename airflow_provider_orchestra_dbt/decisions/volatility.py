@@ -5,7 +5,7 @@ A node whose code reads the current date or time (``current_date``, ``now()``,
 ``selected_resources``) gives another result on another run although its code and inputs are
 unchanged: it is *volatile*, and is built on every run unless its ``volatile`` option bounds
 it. A node whose code reads ``graph`` sees every node of the project: its fingerprint covers
-their code (engine/fingerprint.py).
+their code (decisions/fingerprint.py).
 
 The scan is textual, over every piece of code dbt renders into the node's SQL: the raw code,
 the hooks, ``sql_header`` and each macro they call, transitively (dbt records the macros hooks
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.graph import Graph, Node
-from airflow_provider_orchestra_dbt.engine.jinja_sql import (
+from airflow_provider_orchestra_dbt.decisions.graph import Graph, Node
+from airflow_provider_orchestra_dbt.decisions.jinja_sql import (
     JINJA_BLOCK,
     JINJA_COMMENT,
     QUOTED_OR_COMMENT,

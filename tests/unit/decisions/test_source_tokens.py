@@ -30,8 +30,8 @@ from support.synthetic_graph import (
     key,
 )
 
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult, state_updates
-from airflow_provider_orchestra_dbt.engine.planner import (
+from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult, state_updates
+from airflow_provider_orchestra_dbt.decisions.planner import (
     SOURCE_METHODS,
     Action,
     PlanOptions,

@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprint
-from airflow_provider_orchestra_dbt.engine.graph import Graph, Node
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult
-from airflow_provider_orchestra_dbt.engine.planner import (
+from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprint
+from airflow_provider_orchestra_dbt.decisions.graph import Graph, Node
+from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult
+from airflow_provider_orchestra_dbt.decisions.planner import (
     Plan,
     PlanOptions,
     Probe,
     SourceFreshness,
     plan,
 )
-from airflow_provider_orchestra_dbt.engine.report import (
+from airflow_provider_orchestra_dbt.presentation.report import (
     FULL_LISTS_NOTE,
     SUMMARY_BUDGET_BYTES,
     RunReport,

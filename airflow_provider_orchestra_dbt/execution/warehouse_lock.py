@@ -1,6 +1,6 @@
 """Runs of one project and target take turns in the warehouse itself, where it can lock.
 
-The flock (``engine/run_lock.py``) relates runs on one machine and the lease
+The flock (``execution/run_lock.py``) relates runs on one machine and the lease
 (``state/lease.py``) runs that share a state location. Runs that share neither (two
 checkouts with their own state files, a state store that keeps no lease, a developer's
 laptop and an Airflow worker) still meet in the warehouse. On PostgreSQL the warehouse can
@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_orchestra_dbt.engine.run_lock import RunLockError, RunLockStopped
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLockError, RunLockStopped
 
 if TYPE_CHECKING:
-    from airflow_provider_orchestra_dbt.engine.session import RunLogger
+    from airflow_provider_orchestra_dbt.execution.session import RunLogger
 
 __all__ = [
     "LOCKING_ADAPTERS",

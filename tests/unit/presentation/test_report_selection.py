@@ -6,7 +6,7 @@ import re
 
 from dbt.events.types import NoNodesForSelectionCriteria
 
-from airflow_provider_orchestra_dbt.engine.report import RunReport, unmatched_message
+from airflow_provider_orchestra_dbt.presentation.report import RunReport, unmatched_message
 
 
 def test_the_warning_is_worded_as_dbt_words_it() -> None:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airflow_provider_orchestra_dbt.engine.warehouse import Warehouse, warehouse_for
+from airflow_provider_orchestra_dbt.assets.warehouse import Warehouse, warehouse_for
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset
 
-    from airflow_provider_orchestra_dbt.engine.manifest import ManifestNode
+    from airflow_provider_orchestra_dbt.assets.manifest import ManifestNode
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def dbt_model_asset(
     translator: DbtAssetTranslator | None = None,
 ) -> Asset:
     """The Asset the operator emits for ``model`` (by name), for consumer DAGs' schedules."""
-    from airflow_provider_orchestra_dbt.engine.manifest import load_manifest
+    from airflow_provider_orchestra_dbt.assets.manifest import load_manifest
 
     index = load_manifest(manifest_path or Path(project_dir) / "target" / "manifest.json")
     matches = [n for n in index.models() if n.name == model]

@@ -8,16 +8,16 @@ from typing import Any
 import pytest
 from support.log_lines import Lines
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.planner import Action, Decision
-from airflow_provider_orchestra_dbt.engine.report import (
+from airflow_provider_orchestra_dbt.decisions.planner import Action, Decision
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.session import DbtSession
+from airflow_provider_orchestra_dbt.presentation.report import (
     ExecutionProgress,
     NodeProgress,
     duration_text,
     finished_node_line,
     recorded_execution_times,
 )
-from airflow_provider_orchestra_dbt.engine.session import DbtSession
 
 
 def event(uid: str = "model.p.a", status: str = "success", **extra: Any) -> dict[str, Any]:

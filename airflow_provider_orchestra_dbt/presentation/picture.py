@@ -23,10 +23,10 @@ from itertools import pairwise
 from pathlib import Path
 
 from airflow_provider_orchestra_dbt import __version__
-from airflow_provider_orchestra_dbt.engine.graph import Graph, Node
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult
-from airflow_provider_orchestra_dbt.engine.planner import Decision
-from airflow_provider_orchestra_dbt.engine.report import (
+from airflow_provider_orchestra_dbt.decisions.graph import Graph, Node
+from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult
+from airflow_provider_orchestra_dbt.decisions.planner import Decision
+from airflow_provider_orchestra_dbt.presentation.report import (
     BUILT,
     FAILED,
     NOT_RUN,

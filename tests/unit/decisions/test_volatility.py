@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_orchestra_dbt.engine.graph import Graph, Macro, Node
-from airflow_provider_orchestra_dbt.engine.volatility import (
+from airflow_provider_orchestra_dbt.decisions.graph import Graph, Macro, Node
+from airflow_provider_orchestra_dbt.decisions.volatility import (
     CodeScanner,
     Reads,
     scan,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.session import DbtRunError, DbtSession
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from airflow_provider_orchestra_dbt.cli import build_parser, run_config
-from airflow_provider_orchestra_dbt.engine.planner import Action, Decision, Plan, PlanOptions
-from airflow_provider_orchestra_dbt.engine.report import (
+from airflow_provider_orchestra_dbt.decisions.planner import Action, Decision, Plan, PlanOptions
+from airflow_provider_orchestra_dbt.presentation.report import (
     FULL_PLAN_ENV,
     PLAN_NODE_WIDTH,
     RunReport,

@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.graph import Graph
-from airflow_provider_orchestra_dbt.engine.outcomes import (
+from airflow_provider_orchestra_dbt.decisions.graph import Graph
+from airflow_provider_orchestra_dbt.decisions.outcomes import (
     BUILT_STATUSES,
     KEPT_STATUSES,
     SKIPPED_STATUSES,
     NodeResult,
 )
-from airflow_provider_orchestra_dbt.engine.planner import Action, Decision, Plan
+from airflow_provider_orchestra_dbt.decisions.planner import Action, Decision, Plan
 
 # Final outcome per node, as counted in summaries.
 BUILT, REUSED, FAILED, SKIPPED, NOT_RUN = "built", "reused", "failed", "skipped", "not_run"

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from support.log_lines import Lines
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.run_lock import (
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.run_lock import (
     Holder,
     RunLock,
     RunLockError,
     RunLockStopped,
 )
-from airflow_provider_orchestra_dbt.engine.session import DbtRunError, DbtSession, run_lock_path
+from airflow_provider_orchestra_dbt.execution.session import DbtRunError, DbtSession, run_lock_path
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore
 
 WHAT = "dbt project /p (target 'dev')"
@@ -159,7 +159,7 @@ def test_one_run_lock_object_cannot_be_taken_twice(path: Path) -> None:
 HOLDER_SCRIPT = """
 import sys
 from pathlib import Path
-from airflow_provider_orchestra_dbt.engine.run_lock import RunLock
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
 
 class Log:
     def info(self, *a): pass

@@ -40,12 +40,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airflow_provider_orchestra_dbt.locking import (
-    LockInterrupted,
-    LockTimeout,
-    flock_exclusive,
-    open_lock_file,
-)
 from airflow_provider_orchestra_dbt.state.errors import StateError
 from airflow_provider_orchestra_dbt.state.lease import (
     Lease,
@@ -54,9 +48,15 @@ from airflow_provider_orchestra_dbt.state.lease import (
     LeaseTimeout,
     LeaseUnavailable,
 )
+from airflow_provider_orchestra_dbt.state.locking import (
+    LockInterrupted,
+    LockTimeout,
+    flock_exclusive,
+    open_lock_file,
+)
 
 if TYPE_CHECKING:
-    from airflow_provider_orchestra_dbt.engine.session import RunLogger
+    from airflow_provider_orchestra_dbt.execution.session import RunLogger
 
 __all__ = ["LOCK_FILE_NAME", "Holder", "RunLock", "RunLockError", "RunLockStopped"]
 

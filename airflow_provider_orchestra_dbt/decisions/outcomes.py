@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.graph import Graph
-from airflow_provider_orchestra_dbt.engine.planner import Plan, Probe, failed_checksum
+from airflow_provider_orchestra_dbt.decisions.graph import Graph
+from airflow_provider_orchestra_dbt.decisions.planner import Plan, Probe, failed_checksum
 from airflow_provider_orchestra_dbt.state.model import StateEntries, format_timestamp
 
 # Every node status dbt 1.10-1.12 reports (dbt's NodeStatus), by what it says of the relation.

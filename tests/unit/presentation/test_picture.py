@@ -34,15 +34,15 @@ from support.synthetic_graph import (
     source,
 )
 
-from airflow_provider_orchestra_dbt.engine.graph import Graph
-from airflow_provider_orchestra_dbt.engine.outcomes import NodeResult
-from airflow_provider_orchestra_dbt.engine.picture import (
+from airflow_provider_orchestra_dbt.decisions.graph import Graph
+from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult
+from airflow_provider_orchestra_dbt.decisions.planner import Action, PlanOptions, plan
+from airflow_provider_orchestra_dbt.presentation.picture import (
     render_run_html,
     skip_causes,
     write_run_html,
 )
-from airflow_provider_orchestra_dbt.engine.planner import Action, PlanOptions, plan
-from airflow_provider_orchestra_dbt.engine.report import RunReport
+from airflow_provider_orchestra_dbt.presentation.report import RunReport
 
 SVG = "{http://www.w3.org/2000/svg}"
 M3 = "model.p.m3"  # planned to build (its relation is missing) but never run
@@ -547,7 +547,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(
     def refuse(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("airflow_provider_orchestra_dbt.engine.picture.os.replace", refuse)
+    monkeypatch.setattr("airflow_provider_orchestra_dbt.presentation.picture.os.replace", refuse)
     with pytest.raises(OSError, match="disk full"):
         write_run_html(mixed_report(), target)
     assert target.read_text() == "an older picture"

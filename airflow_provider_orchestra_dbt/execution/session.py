@@ -4,13 +4,13 @@ Shared by the CLI and the Airflow operator; it knows nothing about Airflow. ``st
 called from another thread or a signal handler (the operator's ``on_kill``): it interrupts dbt,
 and whatever finished before the interruption is still recorded.
 
-Runs of the same project and target on one machine take turns (``engine/run_lock.py``): a
+Runs of the same project and target on one machine take turns (``execution/run_lock.py``): a
 run holds the lock from before it reads the state until its worker has exited, so the next
 run plans on what this one built and never meets it in the warehouse. The worker shares the
 lock's descriptor, so even a run killed outright keeps it until its worker has died too.
 Runs on different machines take turns on a lease in the state store for the same span, when
 the store can keep one (S3, the local file store; see ``state/lease.py``). On PostgreSQL the
-worker also takes an advisory lock in the warehouse (``engine/warehouse_lock.py``), which
+worker also takes an advisory lock in the warehouse (``execution/warehouse_lock.py``), which
 relates runs that share neither machine nor state location: right after the flock and the
 lease, before the state is read, and held until the worker exits.
 """
@@ -29,43 +29,43 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from airflow_provider_orchestra_dbt.engine.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.engine.fingerprint import Fingerprinter
-from airflow_provider_orchestra_dbt.engine.graph import Graph
-from airflow_provider_orchestra_dbt.engine.outcomes import (
+from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprinter
+from airflow_provider_orchestra_dbt.decisions.graph import Graph
+from airflow_provider_orchestra_dbt.decisions.outcomes import (
     KNOWN_STATUSES,
     NodeResult,
     state_updates,
 )
-from airflow_provider_orchestra_dbt.engine.planner import (
+from airflow_provider_orchestra_dbt.decisions.planner import (
     Plan,
     PlanOptions,
     Probe,
     plan,
     probe_targets,
 )
-from airflow_provider_orchestra_dbt.engine.report import (
-    ExecutionProgress,
-    RunReport,
-    finished_node_line,
-    recorded_execution_times,
-    unmatched_message,
-    wants_full_plan,
-)
-from airflow_provider_orchestra_dbt.engine.run_lock import (
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.run_lock import (
     LOCK_FILE_NAME,
     Holder,
     RunLock,
     RunLockError,
     RunLockStopped,
 )
-from airflow_provider_orchestra_dbt.engine.warehouse_lock import (
+from airflow_provider_orchestra_dbt.execution.warehouse_lock import (
     LOCKING_ADAPTERS,
     LockAttempt,
     WarehouseLockUnavailable,
     advisory_lock_key,
     application_name,
     wait_for_warehouse_lock,
+)
+from airflow_provider_orchestra_dbt.presentation.report import (
+    ExecutionProgress,
+    RunReport,
+    finished_node_line,
+    recorded_execution_times,
+    unmatched_message,
+    wants_full_plan,
 )
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
 from airflow_provider_orchestra_dbt.state.lease import DEFAULT_LEASE_TTL, Lease, lease_file_name

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_orchestra_dbt.engine.fingerprint import (
+from airflow_provider_orchestra_dbt.decisions.fingerprint import (
     Fingerprinter,
     names_read,
     normalize_sql,
     resolve_var,
 )
-from airflow_provider_orchestra_dbt.engine.graph import Graph, Macro, Node
+from airflow_provider_orchestra_dbt.decisions.graph import Graph, Macro, Node
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_orchestra_dbt.engine.graph import Graph, Node
-from airflow_provider_orchestra_dbt.engine.jinja_sql import JINJA_COMMENT, QUOTED_OR_COMMENT, QUOTES
-from airflow_provider_orchestra_dbt.engine.volatility import CodeScanner
+from airflow_provider_orchestra_dbt.decisions.graph import Graph, Node
+from airflow_provider_orchestra_dbt.decisions.jinja_sql import (
+    JINJA_COMMENT,
+    QUOTED_OR_COMMENT,
+    QUOTES,
+)
+from airflow_provider_orchestra_dbt.decisions.volatility import CodeScanner
 
 _VAR_CALL = re.compile(r"\bvar\(\s*['\"]([^'\"]+)['\"]")
 _ENV_VAR_CALL = re.compile(r"\benv_var\(\s*['\"]([^'\"]+)['\"]")

@@ -1,1 +1,0 @@
-"""The decision engine: graph, fingerprints, planner and outcomes. No Airflow imports here."""

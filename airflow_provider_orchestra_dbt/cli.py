@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from airflow_provider_orchestra_dbt import __version__
-from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig, cli_options
 from airflow_provider_orchestra_dbt.execution.session import DbtRunError, DbtSession
 from airflow_provider_orchestra_dbt.presentation.picture import write_run_html
 from airflow_provider_orchestra_dbt.presentation.report import FULL_PLAN_ENV
@@ -32,15 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("command", choices=COMMANDS)
-    parser.add_argument("--project-dir", default=".", help="dbt project directory (default: .)")
-    parser.add_argument("--profiles-dir", help="directory holding profiles.yml")
-    parser.add_argument("--target", "-t", help="dbt target")
-    parser.add_argument("--select", "-s", nargs="+", help="dbt selection")
-    parser.add_argument("--exclude", nargs="+", help="dbt exclusion")
-    parser.add_argument("--selector", help="a selector from selectors.yml")
-    parser.add_argument("--vars", help="YAML/JSON mapping of dbt vars")
-    parser.add_argument("--full-refresh", action="store_true")
-    parser.add_argument("--threads", type=int)
+    # Run options come from their declarations on DbtRunConfig; the rest are the CLI's own.
+    for option in cli_options():
+        if option.cli is not None:
+            option.cli.add_to(parser, option.help)
     state = parser.add_mutually_exclusive_group()
     state.add_argument(
         "--state-file",
@@ -53,14 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"state store: {SUPPORTED_STATE_URIS}; S3 credentials, region and endpoint as "
         "boto3 finds them (AWS_* environment variables, ~/.aws, instance role)",
     )
-    parser.add_argument(
-        "--integration-account-id",
-        type=str.strip,
-        metavar="ID",
-        help="prefix state keys with '<ID>.', as the operator does with its connection's "
-        "Integration account id (default: no prefix)",
-    )
-    parser.add_argument("--no-reuse", action="store_true", help="build everything, still record")
     parser.add_argument("--report", help="write a JSON report of every node's decision here")
     parser.add_argument(
         "--html", help="write a self-contained HTML picture of the run (the DAG by outcome) here"
@@ -70,15 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"list every reused node in the logged plan, not one line per reason (as "
         f"{FULL_PLAN_ENV}=1 does)",
-    )
-    parser.add_argument("--target-path", help="keep dbt's artifacts here (default: a temp dir)")
-    parser.add_argument("--dbt-python", help="interpreter for the dbt worker (default: this one)")
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="how long to wait for another run of the same project and target (on this "
-        "machine, or any sharing the state store) to finish (default: 3600; 0: fail at once)",
     )
     parser.add_argument(
         "--plan-for",
@@ -129,24 +107,12 @@ def run_config(args: argparse.Namespace, dbt_args: Sequence[str]) -> DbtRunConfi
     Raises:
         ConfigError: an argument is invalid.
     """
+    flagged = {o.name: o.cli.value(args) for o in cli_options() if o.cli is not None}
     return DbtRunConfig.create(
-        project_dir=args.project_dir,
+        **flagged,
         command=args.plan_for if args.command == "plan" else args.command,
-        profiles_dir=args.profiles_dir,
-        target=args.target,
-        select=args.select,
-        exclude=args.exclude,
-        selector=args.selector,
-        vars=args.vars,
-        full_refresh=args.full_refresh,
-        threads=args.threads,
         dbt_args=dbt_args,
-        reuse=not args.no_reuse,
         dry_run=args.command == "plan",
-        python=args.dbt_python,
-        target_path=args.target_path,
-        lock_timeout=args.lock_timeout,
-        key_prefix=args.integration_account_id,
         # The session reads it from the run's environment, where the operator's env= puts it.
         env={FULL_PLAN_ENV: "1"} if args.full_plan else None,
     )

@@ -28,6 +28,8 @@ import copy
 from typing import Any
 
 from airflow_provider_orchestra_dbt import __version__
+from airflow_provider_orchestra_dbt.state.http import ORCHESTRA_ENVS
+from airflow_provider_orchestra_dbt.state.retry import DEFAULT_RETRY_BUDGET, DEFAULT_TIMEOUT
 
 PACKAGE_NAME = "airflow-provider-orchestra-dbt"
 CONN_TYPE = "orchestra_dbt"
@@ -35,9 +37,9 @@ HOOK_CLASS_NAME = "airflow_provider_orchestra_dbt.hooks.orchestra_dbt.OrchestraD
 
 # The first value of each tuple is the default.
 BACKENDS: tuple[str, ...] = ("local", "http", "s3")
-ORCHESTRA_ENVS: tuple[str, ...] = ("app", "stage", "dev")
-DEFAULT_TIMEOUT_SECONDS = 30
-DEFAULT_RETRY_BUDGET_SECONDS = 120
+# Whole seconds, as the connection form shows them.
+DEFAULT_TIMEOUT_SECONDS = int(DEFAULT_TIMEOUT)
+DEFAULT_RETRY_BUDGET_SECONDS = int(DEFAULT_RETRY_BUDGET)
 
 
 def _optional_string(label: str, description: str, **schema: Any) -> dict[str, Any]:

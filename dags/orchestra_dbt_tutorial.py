@@ -18,7 +18,10 @@ import pendulum
 from airflow.sdk import DAG, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
-from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtOperator
+from airflow_provider_orchestra_dbt.operators.orchestra_dbt import (
+    DbtTaskOutputs,
+    OrchestraDbtOperator,
+)
 
 TUTORIAL_DIR = Path(
     os.environ.get("ORCHESTRA_DBT_TUTORIAL_DIR", Path(__file__).resolve().parents[1] / "tutorial")
@@ -62,7 +65,7 @@ with DAG(
         vars={"data_interval_start": INTERVAL_START, "data_interval_end": INTERVAL_END},
         # Without a connection the state lives in $AIRFLOW_HOME/orchestra_dbt/state.json.
         state_conn_id=os.environ.get("ORCHESTRA_DBT_TUTORIAL_CONN_ID") or None,
-        manifest_path=MANIFEST,
+        outputs=DbtTaskOutputs(manifest_path=MANIFEST),
     )
 
     land_raw_data() >> dbt_build

@@ -33,6 +33,12 @@ class BuildAfter:
 
 @dataclass(frozen=True)
 class Node:
+    """One node of the dbt project (model, seed, snapshot, source, test, ...), as the worker
+    described it (``from_facts``): what the planner and the fingerprint need, nothing more.
+
+    ``relation`` is the warehouse object and the base of the node's state key.
+    """
+
     unique_id: str
     resource_type: str
     name: str
@@ -48,8 +54,6 @@ class Node:
     build_after: BuildAfter | None = None
     file_hash: str | None = None
     severity: str = "error"
-    original_file_path: str | None = None
-    has_loaded_at: bool = False
     # dbt's rendered relation (quoted as the adapter quotes it): dbt-orchestra keys state by it.
     relation_name: str | None = None
 
@@ -96,8 +100,6 @@ class Node:
             build_after=BuildAfter(**build_after) if build_after else None,
             file_hash=facts.get("file_hash"),
             severity=str(facts.get("severity", "error")).lower(),
-            original_file_path=facts.get("original_file_path"),
-            has_loaded_at=bool(facts.get("has_loaded_at", False)),
             relation_name=facts.get("relation_name"),
         )
 
@@ -118,7 +120,12 @@ class Upstream:
 
 
 class Graph:
-    """Nodes, macros and the parent/child structure the reuse rules need."""
+    """Nodes, macros and the parent/child structure the reuse rules need.
+
+    Built once per run from the worker's project facts and not changed afterwards; ``graph[uid]``
+    is a node, ``upstream`` what a node reads (through ephemeral models), ``tested_nodes`` what a
+    test checks and ``topological`` an order parents-first.
+    """
 
     def __init__(
         self,

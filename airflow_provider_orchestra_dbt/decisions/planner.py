@@ -1,4 +1,4 @@
-"""Reuse or build, per node, with the reason: the rules of design §4 as one pure function.
+"""Reuse or build, per node, with the reason: the rules of docs/design.md §3 as one pure function.
 
 Nothing here runs dbt or touches a store: ``plan()`` gets the graph, the selection, the stored
 state, fingerprints and what the worker measured (freshness, existing relations), and returns
@@ -16,7 +16,7 @@ from typing import Any
 from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprint, Fingerprinter
 from airflow_provider_orchestra_dbt.decisions.graph import BuildAfter, Graph, Node
 from airflow_provider_orchestra_dbt.decisions.volatility import CodeScanner, Reads, volatility
-from airflow_provider_orchestra_dbt.state.model import StateEntries, parse_timestamp
+from airflow_provider_orchestra_dbt.state.model import EntryStatus, StateEntry, parse_timestamp
 
 STATE_AWARE_COMMANDS = frozenset({"build", "run", "test"})
 
@@ -28,8 +28,25 @@ TEST_FAILED_CHECKSUM = "test_failed:"
 # dbt-orchestra has rewritten a shared file; without them a reuse decision would be a guess.
 OWN_FIELDS = ("unique_id", "status", "upstream", "checksum_parts")
 
+# The recorded statuses a stateful node may be reused on.
+REUSABLE_STATUSES = frozenset({EntryStatus.SUCCESS, EntryStatus.UNTESTED})
+
+
+def state_key(node: Node, key_prefix: str | None = None) -> str:
+    """The key of ``node``'s entry in the state document: its relation, else its unique_id.
+
+    With ``key_prefix`` (an integration account) the key is ``<prefix>.<relation>``.
+    """
+    return _prefixed(key_prefix, node.relation or node.unique_id)
+
+
+def _prefixed(key_prefix: str | None, base: str) -> str:
+    return f"{key_prefix}.{base}" if key_prefix else base
+
 
 class Action(StrEnum):
+    """What a plan does with a node."""
+
     BUILD = "build"
     REUSE = "reuse"
 
@@ -63,7 +80,11 @@ class SourceFreshness:
 
 @dataclass(frozen=True)
 class Probe:
-    """What the worker measured in the warehouse before planning."""
+    """What the worker measured in the warehouse before planning.
+
+    ``freshness`` by source unique_id; ``relations`` lists, per ``"database.schema"``, the
+    relations that exist (None when listing failed, with the error in ``relation_errors``).
+    """
 
     freshness: Mapping[str, SourceFreshness] = field(default_factory=dict)
     # "database.schema" -> lower-cased relation names, or None when the listing failed.
@@ -94,6 +115,8 @@ class Probe:
 
 @dataclass(frozen=True)
 class PlanOptions:
+    """How a run plans: the dbt command, reuse switches, the clock and the state-key prefix."""
+
     command: str = "build"
     reuse: bool = True
     full_refresh: bool = False
@@ -101,12 +124,18 @@ class PlanOptions:
     key_prefix: str | None = None
 
     def key_for(self, node: Node) -> str:
-        base = node.relation or node.unique_id
-        return f"{self.key_prefix}.{base}" if self.key_prefix else base
+        """``node``'s state key in this run (see ``state_key``)."""
+        return state_key(node, self.key_prefix)
 
 
 @dataclass(frozen=True)
 class Decision:
+    """Build or reuse one node, and why.
+
+    ``key`` and ``fingerprint`` are set for stateful nodes (not for tests): the state key
+    its entry is under and the code fingerprint computed while planning.
+    """
+
     unique_id: str
     resource_type: str
     action: Action
@@ -121,6 +150,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Plan:
+    """Every selected node's decision, stateful nodes first in topological order, then tests."""
+
     decisions: tuple[Decision, ...]
     options: PlanOptions
 
@@ -159,7 +190,7 @@ def probe_targets(graph: Graph, selected: Iterable[str]) -> tuple[list[str], lis
 def plan(
     graph: Graph,
     selected: Iterable[str],
-    state: StateEntries,
+    state: Mapping[str, StateEntry],
     fingerprint: Callable[[str], Fingerprint],
     probe: Probe,
     options: PlanOptions,
@@ -173,7 +204,7 @@ class _Planner:
     def __init__(
         self,
         graph: Graph,
-        state: StateEntries,
+        state: Mapping[str, StateEntry],
         fingerprint: Callable[[str], Fingerprint],
         probe: Probe,
         options: PlanOptions,
@@ -239,24 +270,24 @@ class _Planner:
         untrusted = distrust(entry, node.unique_id)
         if untrusted:
             return build(untrusted)
-        status = entry["status"]
-        if status not in ("success", "untested"):
-            return build(f"its last recorded status is {status!r}")
+        status = entry.status
+        if status not in REUSABLE_STATUSES:
+            return build(f"its last recorded status is {str(status)!r}")
         foreign = self._foreign_build(node)
         if foreign and _built_after(foreign[1], entry):
             return build(
                 f"another tool rebuilt it at {foreign[1].isoformat()} (state entry {foreign[0]}),"
                 " after our last build"
             )
-        if entry.get("checksum") != fp.checksum:
-            changed = fp.changed_parts(entry.get("checksum_parts"))
+        if entry.checksum != fp.checksum:
+            changed = fp.changed_parts(entry.checksum_parts)
             what = ", ".join(changed) if changed else "code fingerprint differs from state"
             return build(f"code changed ({what})")
         missing = self._missing_relation(node)
         if missing:
             return build(missing)
         clock = volatility(
-            node, self.reads(node.unique_id), _timestamp(entry.get("last_updated")), self.now
+            node, self.reads(node.unique_id), _timestamp(entry.last_updated), self.now
         )
         if clock.due and self._build_after(node.unique_id) is None:
             return build(clock.due)
@@ -302,11 +333,11 @@ class _Planner:
                 return self.graph[parent_id].name
         return None
 
-    def _new_data(self, node: Node, entry: Mapping[str, Any]) -> dict[str, str]:
+    def _new_data(self, node: Node, entry: StateEntry) -> dict[str, str]:
         """Every direct parent with data this node has not consumed: parent id -> reason."""
         reasons: dict[str, str] = {}
-        consumed_sources = entry.get("sources") or {}
-        consumed_tokens = entry.get("source_tokens") or {}
+        consumed_sources = entry.sources or {}
+        consumed_tokens = entry.source_tokens or {}
         for source_id in self.graph.upstream(node.unique_id).sources:
             label = _source_label(self.graph[source_id])
             fresh = self.probe.freshness.get(source_id)
@@ -328,7 +359,7 @@ class _Planner:
                     f"new data in source {label} ({measured} {fresh.max_loaded_at.isoformat()},"
                     f" consumed up to {consumed.isoformat()})"
                 )
-        consumed_upstream: Mapping[str, Any] = entry["upstream"]  # a trusted entry has it
+        consumed_upstream = entry.upstream or {}  # a trusted entry has it
         for parent_id in self.graph.upstream(node.unique_id).nodes:
             parent = self.graph[parent_id]
             if parent_id in self.building:
@@ -343,7 +374,7 @@ class _Planner:
                 continue
             parent_key = self.options.key_for(parent)
             parent_entry = self.state.get(parent_key)
-            current = _timestamp(parent_entry.get("last_updated")) if parent_entry else None
+            current = _timestamp(parent_entry.last_updated) if parent_entry else None
             if current is None:
                 continue
             consumed = _timestamp(consumed_upstream.get(parent_key))
@@ -363,12 +394,12 @@ class _Planner:
         """
         keys = {node.unique_id}
         if self.options.key_prefix:
-            keys.add(f"{self.options.key_prefix}.{node.relation_name or node.unique_id}")
+            keys.add(_prefixed(self.options.key_prefix, node.relation_name or node.unique_id))
         keys.discard(self.options.key_for(node))
         newest: tuple[str, datetime] | None = None
         for foreign_key in sorted(keys):
             entry = self.state.get(foreign_key)
-            built = _timestamp(entry.get("last_updated")) if entry else None
+            built = _timestamp(entry.last_updated) if entry else None
             if built is not None and (newest is None or built > newest[1]):
                 newest = (foreign_key, built)
         return newest
@@ -393,7 +424,7 @@ class _Planner:
     def _build_after_wait(
         self,
         node: Node,
-        entry: Mapping[str, Any],
+        entry: StateEntry,
         build_after: BuildAfter,
         new_data: Mapping[str, str],
     ) -> str | None:
@@ -404,7 +435,7 @@ class _Planner:
             if waiting_for:
                 names = ", ".join(_display(self.graph[p]) for p in waiting_for)
                 return f"build_after updates_on all: waiting for new data in {names}"
-        last = _timestamp(entry.get("last_updated"))
+        last = _timestamp(entry.last_updated)
         if last is not None and self.now < last + build_after.window:
             due = (last + build_after.window).isoformat()
             first = next(iter(new_data.values()))
@@ -447,17 +478,16 @@ class _Planner:
             untrusted = distrust(entry, uid)
             if untrusted:
                 return decide(Action.BUILD, f"{node.name}: {untrusted}")
-            status = entry["status"]
-            if status != "success":
-                return decide(Action.BUILD, f"{node.name} has status {status!r}")
+            status = entry.status
+            if status != EntryStatus.SUCCESS:
+                return decide(Action.BUILD, f"{node.name} has status {str(status)!r}")
         return decide(Action.REUSE, "every node it tests is reused and passed its tests")
 
 
-def tests_failed(entry: Mapping[str, Any]) -> bool:
+def tests_failed(entry: StateEntry) -> bool:
     """Whether an error-severity test failed on the node after its last build."""
-    checksum = entry.get("checksum")
-    return entry.get("status") == "test_failed" or (
-        isinstance(checksum, str) and checksum.startswith(TEST_FAILED_CHECKSUM)
+    return entry.status == EntryStatus.TEST_FAILED or entry.checksum.startswith(
+        TEST_FAILED_CHECKSUM
     )
 
 
@@ -468,22 +498,22 @@ def failed_checksum(checksum: str) -> str:
     return TEST_FAILED_CHECKSUM + checksum
 
 
-def distrust(entry: Mapping[str, Any], unique_id: str) -> str | None:
+def distrust(entry: StateEntry, unique_id: str) -> str | None:
     """Why an entry cannot be the basis of a reuse decision for ``unique_id``, or None."""
-    missing = [name for name in OWN_FIELDS if name not in entry]
+    missing = [name for name in OWN_FIELDS if getattr(entry, name) is None]
     if missing:
         return (
             f"its state entry lacks our fields ({', '.join(missing)}): written or rewritten "
             "by another tool, not trusted"
         )
-    if entry["unique_id"] != unique_id:
-        return f"its state entry was recorded for {entry['unique_id']}, not trusted"
+    if entry.unique_id != unique_id:
+        return f"its state entry was recorded for {entry.unique_id}, not trusted"
     return None
 
 
-def _built_after(when: datetime, entry: Mapping[str, Any]) -> bool:
+def _built_after(when: datetime, entry: StateEntry) -> bool:
     """Whether ``when`` is later than the entry's build; an entry without a time: unsure, yes."""
-    built = _timestamp(entry.get("last_updated"))
+    built = _timestamp(entry.last_updated)
     return built is None or when > built
 
 

@@ -29,7 +29,10 @@ from airflow_provider_orchestra_dbt.decisions.jinja_sql import (
     JINJA_COMMENT,
     QUOTED_OR_COMMENT,
 )
-from airflow_provider_orchestra_dbt.worker.dbt_worker import META_NAMESPACE
+
+# The key of this provider's options in a node's dbt ``meta``. The worker (which imports nothing
+# of this package) spells it out too; a unit test keeps the two equal.
+META_NAMESPACE = "orchestra_dbt"
 
 # meta: {orchestra_dbt: {volatile: ...}} on a model, seed or snapshot.
 VOLATILE_OPTION = "volatile"

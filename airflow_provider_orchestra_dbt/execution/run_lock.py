@@ -56,7 +56,7 @@ from airflow_provider_orchestra_dbt.state.locking import (
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_orchestra_dbt.execution.session import RunLogger
+    from airflow_provider_orchestra_dbt.execution.executor import RunLogger
 
 __all__ = ["LOCK_FILE_NAME", "Holder", "RunLock", "RunLockError", "RunLockStopped"]
 
@@ -176,53 +176,7 @@ class RunLock:
             raise RunLockError(f"the run lock {self.path} is already held by this run")
         fd = self.open()
         announced: list[str] = []
-
-        def on_wait(waited: float) -> None:
-            holder = self.holder()
-            text = holder.describe() if holder else None
-            if not announced:
-                self.log.info(
-                    "Waiting for another run of %s to finish: it holds the run lock %s (%s); "
-                    "waiting up to %gs (lock_timeout)",
-                    self.what,
-                    self.path,
-                    text or "holder unknown",
-                    self.timeout,
-                )
-                announced.append(text or "")
-            elif text and text != announced[-1]:
-                self.log.info(
-                    "Still waiting after %.0fs: the run lock of %s is now held by %s",
-                    waited,
-                    self.what,
-                    text,
-                )
-                announced.append(text)
-
-        try:
-            waited = flock_exclusive(
-                fd,
-                timeout=self.timeout,
-                stop=self._stop,
-                on_wait=on_wait,
-                first_interval=_FIRST_POLL,
-                max_interval=_MAX_POLL,
-            )
-        except LockTimeout as exc:
-            self.release()
-            holder = self.holder()
-            raise RunLockError(
-                f"another run of {self.what} holds its run lock {self.path}: "
-                f"{holder.describe() if holder else 'holder unknown'}; gave up after "
-                f"{exc.waited:.0f}s (lock_timeout={self.timeout:g}). Runs of one project and "
-                "target take turns on a machine: raise lock_timeout to wait longer"
-            ) from None
-        except LockInterrupted:
-            self.release()
-            raise RunLockStopped(f"stopped while waiting for the run lock of {self.what}") from None
-        except OSError as exc:
-            self.release()
-            raise RunLockError(f"cannot lock {self.path}: {exc}") from exc
+        waited = self._take_flock(fd, announced)
         self._locked = True
         if self.lease is not None:
             waited += self._acquire_lease(self.lease, self.timeout - waited)
@@ -234,34 +188,63 @@ class RunLock:
             self.log.info("Got the run lock of %s after waiting %.1fs", self.what, waited)
         return waited
 
+    def _take_flock(self, fd: int, announced: list[str]) -> float:
+        """Wait for the flock on ``fd``, saying whom for in ``announced``; on failure the
+        descriptor is closed. Returns the seconds waited."""
+        try:
+            return flock_exclusive(
+                fd,
+                timeout=self.timeout,
+                stop=self._stop,
+                on_wait=lambda waited: self._announce_flock_wait(waited, announced),
+                first_interval=_FIRST_POLL,
+                max_interval=_MAX_POLL,
+            )
+        except LockTimeout as exc:
+            self.release()
+            holder = self.holder()
+            raise RunLockError(
+                f"another run of {self.what} holds its run lock {self.path}: "
+                f"{holder.describe() if holder else 'holder unknown'}; gave up after "
+                f"{exc.waited:.0f}s (lock_timeout={self.timeout:g}). Runs of one project and "
+                "target take turns on a machine: raise lock_timeout to wait longer"
+            ) from exc
+        except LockInterrupted as exc:
+            self.release()
+            raise RunLockStopped(f"stopped while waiting for the run lock of {self.what}") from exc
+        except OSError as exc:
+            self.release()
+            raise RunLockError(f"cannot lock {self.path}: {exc}") from exc
+
+    def _announce_flock_wait(self, waited: float, announced: list[str]) -> None:
+        """Log whom the run waits for: once, then again whenever the holder changes."""
+        holder = self.holder()
+        text = holder.describe() if holder else None
+        if not announced:
+            self.log.info(
+                "Waiting for another run of %s to finish: it holds the run lock %s (%s); "
+                "waiting up to %gs (lock_timeout)",
+                self.what,
+                self.path,
+                text or "holder unknown",
+                self.timeout,
+            )
+            announced.append(text or "")
+        elif text and text != announced[-1]:
+            self.log.info(
+                "Still waiting after %.0fs: the run lock of %s is now held by %s",
+                waited,
+                self.what,
+                text,
+            )
+            announced.append(text)
+
     def _acquire_lease(self, lease: Lease, timeout: float) -> float:
         """Take the lease after the flock; on failure the flock is released too."""
         announced: list[tuple[float, str]] = []
 
         def on_wait(waited: float, holder: LeaseRecord | None) -> None:
-            text = holder.describe() if holder else "holder unknown"
-            if not announced:
-                self.log.info(
-                    "Waiting for another run of %s (on another machine, or from another "
-                    "checkout): it holds the lease %s (%s); waiting up to %gs (lock_timeout)",
-                    self.what,
-                    lease.location,
-                    text,
-                    self.timeout,
-                )
-            elif holder is not None and (
-                text.split(";")[0] != announced[-1][1].split(";")[0]
-                or waited - announced[-1][0] >= _REPEAT_WAITING
-            ):
-                self.log.info(
-                    "Still waiting after %.0fs for the lease of %s: held by %s",
-                    waited,
-                    self.what,
-                    text,
-                )
-            else:
-                return
-            announced.append((waited, text))
+            self._announce_lease_wait(lease, waited, holder, announced)
 
         try:
             waited = lease.acquire(timeout=max(timeout, 0.0), stop=self._stop, on_wait=on_wait)
@@ -272,10 +255,10 @@ class RunLock:
                 f"another run of {self.what} holds its lease {lease.location}: {holder}; gave "
                 f"up after {self.timeout:g}s in all (lock_timeout). Runs of one project and "
                 "target take turns across machines: raise lock_timeout to wait longer"
-            ) from None
-        except LeaseInterrupted:
+            ) from exc
+        except LeaseInterrupted as exc:
             self.release()
-            raise RunLockStopped(f"stopped while waiting for the lease of {self.what}") from None
+            raise RunLockStopped(f"stopped while waiting for the lease of {self.what}") from exc
         except LeaseUnavailable as exc:
             self.log.warning(
                 "Runs of %s on other machines are not kept apart: the state store cannot keep "
@@ -288,7 +271,7 @@ class RunLock:
             return 0.0
         except StateError as exc:
             self.release()
-            raise RunLockError(f"cannot take the lease of {self.what}: {exc}") from None
+            raise RunLockError(f"cannot take the lease of {self.what}: {exc}") from exc
         if lease.taken_over is not None:
             self.log.warning(
                 "Took over the lease %s of %s from %s: it was not renewed for %gs, so that run "
@@ -302,6 +285,38 @@ class RunLock:
             self.log.info("Got the lease of %s after waiting %.1fs", self.what, waited)
         lease.start_heartbeat(self._lease_lost, self._lease_renewal_failed)
         return waited
+
+    def _announce_lease_wait(
+        self,
+        lease: Lease,
+        waited: float,
+        holder: LeaseRecord | None,
+        announced: list[tuple[float, str]],
+    ) -> None:
+        """Log whom the run waits for: once, then when the holder changes or every minute."""
+        text = holder.describe() if holder else "holder unknown"
+        if not announced:
+            self.log.info(
+                "Waiting for another run of %s (on another machine, or from another "
+                "checkout): it holds the lease %s (%s); waiting up to %gs (lock_timeout)",
+                self.what,
+                lease.location,
+                text,
+                self.timeout,
+            )
+        elif holder is not None and (
+            text.split(";")[0] != announced[-1][1].split(";")[0]
+            or waited - announced[-1][0] >= _REPEAT_WAITING
+        ):
+            self.log.info(
+                "Still waiting after %.0fs for the lease of %s: held by %s",
+                waited,
+                self.what,
+                text,
+            )
+        else:
+            return
+        announced.append((waited, text))
 
     def _lease_lost(self, reason: str) -> None:
         error = getattr(self.log, "error", self.log.warning)

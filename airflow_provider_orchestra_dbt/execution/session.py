@@ -1,33 +1,33 @@
-"""One state-aware dbt run: load state, ask the worker for facts, plan, execute, record.
+"""One state-aware dbt run: load state, ask the executor for facts, plan, execute, record.
 
-Shared by the CLI and the Airflow operator; it knows nothing about Airflow. ``stop()`` may be
-called from another thread or a signal handler (the operator's ``on_kill``): it interrupts dbt,
-and whatever finished before the interruption is still recorded.
+Shared by the CLI and the Airflow operator; it knows nothing about Airflow, nor how dbt runs:
+that is the executor's (``execution/executor.py``; the local dbt worker by default).
+``stop()`` may be called from another thread or a signal handler (the operator's
+``on_kill``): it interrupts dbt, and whatever finished before the interruption is still
+recorded.
 
 Runs of the same project and target on one machine take turns (``execution/run_lock.py``): a
-run holds the lock from before it reads the state until its worker has exited, so the next
-run plans on what this one built and never meets it in the warehouse. The worker shares the
-lock's descriptor, so even a run killed outright keeps it until its worker has died too.
+run holds the lock from before it reads the state until its executor has closed, so the next
+run plans on what this one built and never meets it in the warehouse. The local worker shares
+the lock's descriptor, so even a run killed outright keeps it until its worker has died too.
 Runs on different machines take turns on a lease in the state store for the same span, when
 the store can keep one (S3, the local file store; see ``state/lease.py``). On PostgreSQL the
-worker also takes an advisory lock in the warehouse (``execution/warehouse_lock.py``), which
+executor also takes an advisory lock in the warehouse (``execution/warehouse_lock.py``), which
 relates runs that share neither machine nor state location: right after the flock and the
-lease, before the state is read, and held until the worker exits.
+lease, before the state is read, and held until the executor closes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
 
 from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprinter
 from airflow_provider_orchestra_dbt.decisions.graph import Graph
@@ -44,17 +44,30 @@ from airflow_provider_orchestra_dbt.decisions.planner import (
     probe_targets,
 )
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.executor import (
+    DbtLogLine,
+    DotenvLoaded,
+    ExecutionEvent,
+    Executor,
+    ExecutorContext,
+    ExecutorError,
+    ExecutorFactory,
+    ExecutorUnavailable,
+    NodeFinished,
+    NodeStarted,
+    ProjectFacts,
+    RunLogger,
+    SelectionUnmatched,
+)
+from airflow_provider_orchestra_dbt.execution.local_worker import LocalWorkerExecutor
+from airflow_provider_orchestra_dbt.execution.locations import lease_name, run_lock_path
 from airflow_provider_orchestra_dbt.execution.run_lock import (
-    LOCK_FILE_NAME,
     Holder,
     RunLock,
     RunLockError,
     RunLockStopped,
 )
 from airflow_provider_orchestra_dbt.execution.warehouse_lock import (
-    LOCKING_ADAPTERS,
-    LockAttempt,
-    WarehouseLockUnavailable,
     advisory_lock_key,
     application_name,
     wait_for_warehouse_lock,
@@ -68,29 +81,10 @@ from airflow_provider_orchestra_dbt.presentation.report import (
     wants_full_plan,
 )
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
-from airflow_provider_orchestra_dbt.state.lease import DEFAULT_LEASE_TTL, Lease, lease_file_name
+from airflow_provider_orchestra_dbt.state.lease import DEFAULT_LEASE_TTL, Lease
 from airflow_provider_orchestra_dbt.state.store import LeaseStore
-from airflow_provider_orchestra_dbt.worker.client import WorkerError, WorkerProcess
-from airflow_provider_orchestra_dbt.worker.compat import (
-    IncompatibleWorker,
-    WorkerHello,
-    check_worker,
-)
-from airflow_provider_orchestra_dbt.worker.dbt_worker import PROTOCOL_VERSION
 
-CACHE_DIR_ENV = "ORCHESTRA_DBT_CACHE_DIR"
 LEASE_TTL_ENV = "ORCHESTRA_DBT_LEASE_TTL"
-# Exit codes of a worker that was stopped (SIGINT) rather than one that crashed; None: no code
-# yet because it is still shutting down.
-_INTERRUPTED = frozenset({None, 130, -2})
-
-
-class RunLogger(Protocol):
-    """What a run logs through: a ``logging.Logger`` or Airflow's task logger."""
-
-    def info(self, msg: str, /, *args: Any) -> Any: ...
-
-    def warning(self, msg: str, /, *args: Any) -> Any: ...
 
 
 class DbtRunError(RuntimeError):
@@ -98,16 +92,23 @@ class DbtRunError(RuntimeError):
 
 
 class DbtSession:
+    """One run of one dbt command, from the locks to the recorded outcome.
+
+    ``executor`` makes what runs dbt for the run (default: a local dbt worker process).
+    """
+
     def __init__(
         self,
         config: DbtRunConfig,
         store: StateStore | None,
         logger: RunLogger,
+        executor: ExecutorFactory = LocalWorkerExecutor,
     ) -> None:
         self.config = config
         self.store = store
         self.log = logger
-        self._worker: WorkerProcess | None = None
+        self._make_executor = executor
+        self._executor: Executor | None = None
         self._results: dict[str, NodeResult] = {}
         self._unmatched: list[str] = []
         # Names dbt set from a .env file, with digests of their values.
@@ -115,7 +116,6 @@ class DbtSession:
         self._stopped = threading.Event()
         self._run_lock: RunLock | None = None
         self._lease_lost: str | None = None
-        self._worker_capabilities: frozenset[str] = frozenset()
         # Only for a state-aware execution: its node lines count up to the nodes to execute.
         self._progress: ExecutionProgress | None = None
 
@@ -129,84 +129,87 @@ class DbtSession:
             if not config.state_aware:
                 return self._passthrough(run_dir, target_path)
             return self._stateful(run_dir, target_path)
-        except WorkerError as exc:
+        except ExecutorUnavailable as exc:
+            raise DbtRunError(exc.message) from exc
+        except ExecutorError as exc:
             raise DbtRunError(_explain(exc, config)) from exc
         except DbtRunError as exc:
             if self._lease_lost is None:
                 raise
             raise DbtRunError(f"{exc}: stopped because this run lost its lease") from exc
         finally:
-            worker_gone = False
-            try:
-                if self._worker is not None:
-                    self._worker.close()
-                worker_gone = True
-            finally:
-                # Only now: DuckDB's file lock is the worker's until that process has exited.
-                # (Should close() fail, the worker's copy keeps the run lock until it is gone,
-                # and the lease is left to expire rather than given back.)
-                if self._run_lock is not None:
-                    self._run_lock.release(give_back_lease=worker_gone)
-                    self._run_lock = None
-                shutil.rmtree(run_dir, ignore_errors=True)
+            self._close(run_dir)
 
     def stop(self) -> None:
         """Interrupt dbt (SIGINT to its process group, then escalation)."""
         self._stopped.set()
-        if self._worker is not None:
-            self.log.warning("Stopping the dbt worker (pid %s)", self._worker.pid)
-            self._worker.stop()
+        if self._executor is not None:
+            self._executor.stop()
 
     # -- the two kinds of run ------------------------------------------------------------------
 
     def _passthrough(self, run_dir: Path, target_path: Path) -> RunReport:
         self._lock_run()  # dbt touches the warehouse as soon as it starts
-        worker = self._start_worker(run_dir, target_path, state_aware=False)
-        result = worker.receive("execute_result", self._on_event)
+        executor = self._start_executor(run_dir, target_path, state_aware=False)
+        result = executor.run_as_given(self._on_event)
         return RunReport(
             command=self.config.command,
             target=self.config.target,
-            exit_code=int(result["exit_code"]),
-            error=result.get("error"),
-            results={r["unique_id"]: NodeResult.from_message(r) for r in result["results"]},
-            artifacts_dir=str(self.config.target_path) if self.config.target_path else None,
+            exit_code=result.exit_code,
+            error=result.error,
+            results=dict(result.results),
             run_info=self.config.run_info,
             unmatched_selection=tuple(self._unmatched),
         )
 
     def _stateful(self, run_dir: Path, target_path: Path) -> RunReport:
         config = self.config
-        # Opened before the worker starts, so that it shares the lock taken below.
+        # Opened before the executor starts, so that its worker shares the lock taken below.
         self._open_run_lock()
         # Parsing and selection touch neither the warehouse nor the state (dbt-duckdb does not
-        # open its file to parse), so the worker does them while this run may still wait.
-        worker = self._start_worker(run_dir, target_path, state_aware=True)
-        graph_message = worker.receive("graph", self._on_event)
-        if config.selector and not graph_message["selected"]:
+        # open its file to parse), so the executor does them while this run may still wait.
+        executor = self._start_executor(run_dir, target_path, state_aware=True)
+        facts = executor.project(self._on_event)
+        if config.selector and not facts.selected:
             # dbt warns per --select/--exclude criterion only, never for a YAML selector.
             self._unmatched_criterion(f"selector:{config.selector}")
         # The state is read under the locks, so a run that waited plans on the previous run's
         # results and reuses what it built. The warehouse's lock comes last: the adapter is
-        # known only once the worker has parsed, and it is the one lock a run with another
+        # known only once the project is parsed, and it is the one lock a run with another
         # state location or on another machine may hold.
         waited = self._lock_run()
-        self._lock_warehouse(worker, graph_message.get("adapter_type"), waited)
+        self._lock_warehouse(executor, facts.adapter_type, waited)
         state = self._load_state()
-        graph = Graph.from_message(graph_message)
-        selected = graph_message["selected"]
-        sources, schemas = probe_targets(graph, selected)
-        worker.send(
-            {
-                "type": "probe",
-                "sources": sources,
-                "schemas": schemas if config.reuse and not config.full_refresh else [],
-            }
-        )
-        probe = Probe.from_message(worker.receive("probe_result"))
+        probe = self._probe(executor, facts)
+        the_plan = self._plan(facts, state, probe)
+
+        if self._stopped.is_set():
+            raise DbtRunError(f"dbt {config.command} was stopped while planning; nothing ran")
+        if config.dry_run or not the_plan.to_execute():
+            executor.finish()
+            report = self._report(facts.graph, the_plan, state, exit_code=0, updates=0)
+            if config.dry_run:
+                self.log.info("Dry run: nothing executed, state unchanged.")
+            self.log.info(report.summary_line())
+            return report
+        return self._execute(executor, facts.graph, the_plan, state, probe)
+
+    # -- the steps of a state-aware run --------------------------------------------------------
+
+    def _probe(self, executor: Executor, facts: ProjectFacts) -> Probe:
+        """Freshness of the selection's sources, and which of its relations exist."""
+        config = self.config
+        sources, schemas = probe_targets(facts.graph, list(facts.selected))
+        # Without reuse nothing is skipped, so whether a relation exists does not matter.
+        wanted = schemas if config.reuse and not config.full_refresh else []
+        probe = executor.probe(sources, wanted)
         for source_id, fresh in probe.freshness.items():
             if fresh.error:
                 self.log.warning("Freshness of %s is unknown: %s", source_id, fresh.error)
+        return probe
 
+    def _plan(self, facts: ProjectFacts, state: StateEntries, probe: Probe) -> Plan:
+        config = self.config
         options = PlanOptions(
             command=config.command,
             reuse=config.reuse,
@@ -214,63 +217,53 @@ class DbtSession:
             key_prefix=config.key_prefix,
         )
         # Variables dbt took from a .env arrive as digests: as good as values for a fingerprint.
-        env = {**self._worker_env(), **self._dotenv}
-        fingerprint = Fingerprinter(graph, cli_vars=config.vars, env=env)
-        the_plan = plan(graph, selected, state, fingerprint, probe, options)
+        env = {**self._executor_env(), **self._dotenv}
+        fingerprint = Fingerprinter(facts.graph, cli_vars=config.vars, env=env)
+        the_plan = plan(facts.graph, list(facts.selected), state, fingerprint, probe, options)
         self.log.info(
             "Plan (%d nodes, %d to build):\n%s",
             len(the_plan.decisions),
             len(the_plan.to_execute()),
-            _plan_report(graph, the_plan).plan_table(full=wants_full_plan(self._worker_env())),
+            _plan_report(facts.graph, the_plan).plan_table(
+                full=wants_full_plan(self._executor_env())
+            ),
         )
+        return the_plan
 
-        if self._stopped.is_set():
-            raise DbtRunError(f"dbt {config.command} was stopped while planning; nothing ran")
+    def _execute(
+        self, executor: Executor, graph: Graph, the_plan: Plan, state: StateEntries, probe: Probe
+    ) -> RunReport:
+        """Run the plan's nodes and record what finished, even when the run is cut short."""
+        config = self.config
         to_execute = the_plan.to_execute()
-        if config.dry_run or not to_execute:
-            worker.send({"type": "finish"})
-            worker.close()
-            report = self._report(graph, the_plan, state, exit_code=0, updates=0)
-            if config.dry_run:
-                self.log.info("Dry run: nothing executed, state unchanged.")
-            self.log.info(report.summary_line())
-            return report
-
         self.log.info("Executing %d of %d planned nodes", len(to_execute), len(the_plan.decisions))
         self._progress = ExecutionProgress.start(
             to_execute, recorded_execution_times(the_plan.decisions, state)
         )
         try:
-            worker.send({"type": "execute", "nodes": to_execute})
-            result = worker.receive("execute_result", self._on_event)
-        except BaseException as exc:
-            # Stopped or crashed mid-build: keep what finished, then let the failure through.
-            worker.stop()
-            worker.drain_events(self._on_event)
-            if isinstance(exc, WorkerError) and exc.exit_code not in _INTERRUPTED:
+            result = executor.execute(to_execute, self._on_event)
+        except ExecutorError as exc:
+            if not exc.interrupted:
                 # An unhandled crash: its results cannot be trusted, so nothing is recorded.
-                raise DbtRunError(_explain(exc, config)) from exc
+                raise
             recorded = self._record(graph, the_plan, state, probe)
-            if isinstance(exc, WorkerError):
-                raise DbtRunError(
-                    f"dbt {config.command} was interrupted; {recorded} finished nodes recorded"
-                ) from exc
+            raise DbtRunError(
+                f"dbt {config.command} was interrupted; {recorded} finished nodes recorded"
+            ) from exc
+        except BaseException:
+            self._record(graph, the_plan, state, probe)
             raise
-        for item in result["results"]:
-            self._results[item["unique_id"]] = NodeResult.from_message(item)
-        exit_code = int(result["exit_code"])
-        if exit_code == 2:
+        self._results.update(result.results)
+        if result.exit_code == 2:
             # An unhandled dbt error: its results cannot be trusted, so nothing is recorded.
-            raise DbtRunError(f"dbt {config.command} crashed: {result.get('error')}")
+            raise DbtRunError(f"dbt {config.command} crashed: {result.error}")
         updates = self._record(graph, the_plan, state, probe)
-        report = self._report(graph, the_plan, state, exit_code=exit_code, updates=updates)
-        report = replace(
-            report, error=result.get("error"), invocation_id=result.get("invocation_id")
-        )
+        report = self._report(graph, the_plan, state, exit_code=result.exit_code, updates=updates)
+        report = replace(report, error=result.error, invocation_id=result.invocation_id)
         self.log.info(report.summary_line())
         return report
 
-    # -- pieces --------------------------------------------------------------------------------
+    # -- locks -----------------------------------------------------------------------------------
 
     def _open_run_lock(self) -> RunLock:
         """The run lock, opened but not yet taken; ``run`` closes it when it ends."""
@@ -291,7 +284,7 @@ class DbtSession:
         try:
             lock.open()
         except RunLockError as exc:
-            raise DbtRunError(str(exc)) from None
+            raise DbtRunError(str(exc)) from exc
         self._run_lock = lock
         return lock
 
@@ -340,50 +333,23 @@ class DbtSession:
         return waited
 
     def _lock_warehouse(
-        self, worker: WorkerProcess, adapter_type: object, waited_before: float
+        self, executor: Executor, adapter_type: str | None, waited_before: float
     ) -> None:
-        """Have the worker take the warehouse's run lock, if the adapter has one.
+        """Have the executor take the warehouse's run lock, if the warehouse has one.
 
-        Held by the worker's own connection until it exits. A lock that cannot be tried at
-        all (no connection, permission denied) fails the run: dbt would run unguarded against
-        runs that only this lock keeps apart.
+        Held until the executor closes. A lock that cannot be tried at all (no connection,
+        permission denied) fails the run: dbt would run unguarded against runs that only this
+        lock keeps apart.
         """
-        config = self.config
-        if adapter_type not in LOCKING_ADAPTERS:
-            return  # DuckDB locks its file itself; other warehouses have no session lock
-        if "warehouse_lock" not in self._worker_capabilities:
-            self.log.warning(
-                "Runs of %s with other state locations are not kept apart: this dbt worker "
-                "cannot take the PostgreSQL advisory lock",
-                _where(config),
-            )
+        if not executor.has_warehouse_lock(adapter_type):
             return
-        request = {
-            "type": "warehouse_lock",
-            "key": advisory_lock_key(lease_name(config)),
-            "application_name": application_name(self._label(), os.getpid()),
-        }
-
-        def attempt() -> LockAttempt:
-            try:
-                worker.send(request)
-                return LockAttempt.from_message(worker.receive("warehouse_lock_result"))
-            except WorkerError as exc:
-                if self._stopped.is_set():  # stop() interrupted the worker mid-try
-                    raise RunLockStopped(str(exc)) from None
-                if exc.stage == "warehouse_lock":
-                    target = config.target or "the profile's default"
-                    raise WarehouseLockUnavailable(
-                        f"on a connection made as dbt makes it, from target {target!r}: "
-                        f"{exc.message}"
-                    ) from None
-                raise
-
+        key = advisory_lock_key(lease_name(self.config))
+        name = application_name(self._label(), os.getpid())
         with self._lock_errors():
             wait_for_warehouse_lock(
-                attempt,
-                what=_where(config),
-                timeout=config.lock_timeout,
+                lambda: executor.try_warehouse_lock(key, name),
+                what=_where(self.config),
+                timeout=self.config.lock_timeout,
                 log=self.log,
                 stop=self._stopped,
                 waited_before=waited_before,
@@ -394,13 +360,15 @@ class DbtSession:
         """A lock not taken ends the run as a :class:`DbtRunError`, before anything ran."""
         try:
             yield
-        except RunLockStopped:
+        except RunLockStopped as exc:
             raise DbtRunError(
                 f"dbt {self.config.command} was stopped while waiting for another run of "
                 f"{_where(self.config)} to finish; nothing ran"
-            ) from None
+            ) from exc
         except RunLockError as exc:
-            raise DbtRunError(str(exc)) from None
+            raise DbtRunError(str(exc)) from exc
+
+    # -- state and report ------------------------------------------------------------------------
 
     def _load_state(self) -> StateEntries:
         if self.store is None:
@@ -427,8 +395,8 @@ class DbtSession:
         saved = 0.0
         for decision in the_plan.reused():
             entry = state.get(decision.key or "") if decision.key else None
-            if entry and isinstance(entry.get("execution_time"), (int, float)):
-                saved += float(entry["execution_time"])
+            if entry is not None and entry.execution_time is not None:
+                saved += float(entry.execution_time)
         return RunReport(
             command=self.config.command,
             target=self.config.target,
@@ -439,42 +407,81 @@ class DbtSession:
             results=dict(self._results),
             time_saved_seconds=saved,
             state_updates=updates,
-            artifacts_dir=str(self.config.target_path) if self.config.target_path else None,
             run_info=self.config.run_info,
             unmatched_selection=tuple(self._unmatched),
         )
 
-    def _on_event(self, event: Mapping[str, Any]) -> None:
-        if event.get("type") == "node_start" and self._progress is not None:
-            self._progress.node_started(time.monotonic())
-        elif event.get("type") == "node_finished":
-            result = NodeResult.from_message(event)
-            self._results[result.unique_id] = result
-            progress = None
-            if self._progress is not None:
-                progress = self._progress.node_finished(
-                    result.unique_id, result.execution_time, time.monotonic()
+    # -- the executor --------------------------------------------------------------------------
+
+    def _start_executor(self, run_dir: Path, target_path: Path, *, state_aware: bool) -> Executor:
+        config = self.config
+        if self._stopped.is_set():
+            raise DbtRunError(f"dbt {config.command} was stopped before it started; nothing ran")
+        executor = self._make_executor(
+            ExecutorContext(
+                config=config,
+                env=self._executor_env(),
+                log=self.log,
+                run_dir=run_dir,
+                target_path=target_path,
+                state_aware=state_aware,
+                lock_fd=self._run_lock.open() if self._run_lock is not None else None,
+            )
+        )
+        self._executor = executor
+        executor.start()
+        return executor
+
+    def _close(self, run_dir: Path) -> None:
+        executor_gone = False
+        try:
+            if self._executor is not None:
+                self._executor.close()
+            executor_gone = True
+        finally:
+            # Only now: DuckDB's file lock is the worker's until that process has exited.
+            # (Should close() fail, the worker's copy keeps the run lock until it is gone,
+            # and the lease is left to expire rather than given back.)
+            if self._run_lock is not None:
+                self._run_lock.release(give_back_lease=executor_gone)
+                self._run_lock = None
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def _on_event(self, event: ExecutionEvent) -> None:
+        match event:
+            case NodeStarted():
+                if self._progress is not None:
+                    self._progress.node_started(time.monotonic())
+            case NodeFinished(result=result):
+                self._node_finished(result)
+            case DbtLogLine(message=message):
+                self.log.warning("dbt | %s", message)
+            case SelectionUnmatched(criterion=criterion):
+                self._unmatched_criterion(criterion)
+            case DotenvLoaded(path=path, variables=variables):
+                self._dotenv = dict(variables)
+                self.log.info(
+                    "dbt loaded %s from %s (dbt 1.12+ reads the nearest .env at or above the "
+                    "project directory; variables already set win). They count in fingerprints "
+                    "like any env var. To stop it, set PYTHON_DOTENV_DISABLED=1 for the task.",
+                    ", ".join(sorted(self._dotenv)),
+                    path or "a .env file",
                 )
-            self.log.info(finished_node_line(event, progress))
-            if result.status not in KNOWN_STATUSES:
-                self.log.warning(
-                    "dbt reported status %r for %s, which this provider does not know: it "
-                    "counts as failed (not recorded, so the node is built again next run)",
-                    result.status,
-                    result.unique_id,
-                )
-        elif event.get("type") == "dbt_log":
-            self.log.warning("dbt | %s", event.get("message"))
-        elif event.get("type") == "selection_unmatched":
-            self._unmatched_criterion(str(event.get("criterion")))
-        elif event.get("type") == "dotenv_loaded":
-            self._dotenv = dict(event.get("variables") or {})
-            self.log.info(
-                "dbt loaded %s from %s (dbt 1.12+ reads the nearest .env at or above the "
-                "project directory; variables already set win). They count in fingerprints "
-                "like any env var. To stop it, set PYTHON_DOTENV_DISABLED=1 for the task.",
-                ", ".join(sorted(self._dotenv)),
-                event.get("path") or "a .env file",
+
+    def _node_finished(self, result: NodeResult) -> None:
+        self._results[result.unique_id] = result
+        progress = None
+        if self._progress is not None:
+            progress = self._progress.node_finished(
+                result.unique_id, result.execution_time, time.monotonic()
+            )
+        self.log.info(finished_node_line(result, progress))
+        if result.status not in KNOWN_STATUSES:
+            self.log.warning(
+                "dbt reported status %r for %s, which this provider does not know: it "
+                "counts as failed (not recorded, so the node is built again next run)",
+                result.status,
+                result.unique_id,
             )
 
     def _unmatched_criterion(self, criterion: str) -> None:
@@ -482,65 +489,7 @@ class DbtSession:
             self._unmatched.append(criterion)
             self.log.warning(unmatched_message(criterion))
 
-    def _start_worker(
-        self, run_dir: Path, target_path: Path, *, state_aware: bool
-    ) -> WorkerProcess:
-        config = self.config
-        if self._stopped.is_set():
-            raise DbtRunError(f"dbt {config.command} was stopped before it started; nothing ran")
-        worker = WorkerProcess(
-            python=config.python,
-            env=self._worker_env(),
-            on_output=lambda line: self.log.info("dbt | %s", line),
-            lock_fd=self._run_lock.open() if self._run_lock is not None else None,
-        )
-        self._worker = worker
-        try:
-            worker.start()
-            self._greet(worker)
-        except WorkerError as exc:
-            raise DbtRunError(exc.message) from None
-        worker.send(
-            {
-                "type": "start",
-                "protocol": PROTOCOL_VERSION,
-                "state_aware": state_aware,
-                "command": config.command,
-                "project_dir": str(config.project_dir.resolve()),
-                "profiles_dir": str(config.profiles_dir.resolve()) if config.profiles_dir else None,
-                "target": config.target,
-                "vars": dict(config.vars),
-                "select": list(config.select),
-                "exclude": list(config.exclude),
-                "selector": config.selector,
-                "full_refresh": config.full_refresh,
-                "threads": config.threads,
-                "dbt_args": list(config.dbt_args),
-                "run_dir": str(run_dir),
-                "target_path": str(target_path.resolve()),
-                "write_json": config.target_path is not None,
-                "cache_dir": str(cache_dir(config)),
-            }
-        )
-        return worker
-
-    def _greet(self, worker: WorkerProcess) -> None:
-        """Turn away a worker whose dbt or protocol we cannot drive, before any dbt runs."""
-        hello = WorkerHello.from_message(worker.receive("hello"))
-        try:
-            warning = check_worker(hello)
-        except IncompatibleWorker as exc:
-            worker.stop()
-            worker.close()
-            raise DbtRunError(str(exc)) from None
-        if warning:
-            self.log.warning(warning)
-        self._worker_capabilities = hello.capabilities
-        self.log.info(
-            "%s %s, worker python %s", hello.dbt_distribution, hello.dbt_version, hello.python
-        )
-
-    def _worker_env(self) -> dict[str, str]:
+    def _executor_env(self) -> dict[str, str]:
         env = dict(os.environ)
         # dbt would otherwise write a .user.yml (an anonymous id) next to the profiles.
         env.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
@@ -551,52 +500,12 @@ class DbtSession:
         return env
 
 
-def cache_dir(config: DbtRunConfig) -> Path:
-    """Our files for one project+target on this machine: dbt's partial-parse cache, the lock."""
-    root = Path(
-        os.environ.get(CACHE_DIR_ENV)
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        / "airflow-provider-orchestra-dbt"
-    )
-    profiles_dir = config.profiles_dir.resolve() if config.profiles_dir else ""
-    identity = "|".join([str(config.project_dir.resolve()), str(profiles_dir), str(config.target)])
-    return root / hashlib.sha256(identity.encode()).hexdigest()[:16]
-
-
-def lease_name(config: DbtRunConfig) -> str:
-    """The lease's file name: the same on every machine for one project, profile and target.
-
-    From ``dbt_project.yml``'s ``name`` and ``profile`` rather than the project's path, which
-    may differ between workers; the target as given (``default``: the profile's default).
-    """
-    name = profile = None
-    try:
-        import yaml
-
-        project = yaml.safe_load((config.project_dir / "dbt_project.yml").read_text()) or {}
-        if isinstance(project, Mapping):
-            name, profile = project.get("name"), project.get("profile")
-    except Exception:  # dbt reports a broken project itself, with a better message
-        pass
-    return lease_file_name(
-        config.key_prefix or None,
-        str(name) if name else config.project_dir.resolve().name,
-        str(profile) if profile else None,
-        config.target or "default",
-    )
-
-
 def _lease_ttl() -> float:
     try:
         ttl = float(os.environ.get(LEASE_TTL_ENV) or DEFAULT_LEASE_TTL)
     except ValueError:
         return DEFAULT_LEASE_TTL
     return ttl if ttl > 0 else DEFAULT_LEASE_TTL
-
-
-def run_lock_path(config: DbtRunConfig) -> Path:
-    """The file runs of this project and target on this machine take turns on."""
-    return cache_dir(config) / LOCK_FILE_NAME
 
 
 def _plan_report(graph: Graph, the_plan: Plan) -> RunReport:
@@ -612,7 +521,7 @@ def _where(config: DbtRunConfig) -> str:
     return where
 
 
-def _explain(exc: WorkerError, config: DbtRunConfig) -> str:
+def _explain(exc: ExecutorError, config: DbtRunConfig) -> str:
     where = _where(config)
     stages = {
         "parse": f"dbt could not parse {where}",

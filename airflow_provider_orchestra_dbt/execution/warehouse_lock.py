@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_orchestra_dbt.execution.run_lock import RunLockError, RunLockStopped
 
 if TYPE_CHECKING:
-    from airflow_provider_orchestra_dbt.execution.session import RunLogger
+    from airflow_provider_orchestra_dbt.execution.executor import RunLogger
 
 __all__ = [
     "LOCKING_ADAPTERS",
@@ -92,7 +92,7 @@ class LockAttempt:
 def advisory_lock_key(name: str) -> int:
     """A signed 64-bit key (PostgreSQL's ``bigint``) for the run lock named ``name``.
 
-    ``name`` is the lease's name (``session.lease_name``: project, profile, target and key
+    ``name`` is the lease's name (``locations.lease_name``: project, profile, target and key
     prefix), which every machine computes alike; a hash, not Python's ``hash``, which is
     salted per process.
     """
@@ -140,7 +140,7 @@ def wait_for_warehouse_lock(
         except WarehouseLockUnavailable as exc:
             raise RunLockError(
                 f"cannot take the PostgreSQL advisory lock that keeps runs of {what} apart: {exc}"
-            ) from None
+            ) from exc
         waited = clock() - start
         remaining = timeout - waited_before - waited
         if result.locked:

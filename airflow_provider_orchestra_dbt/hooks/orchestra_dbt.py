@@ -29,14 +29,10 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from airflow.sdk import BaseHook
 
-# Single source of truth for the allowed values: the connection form declaration.
-from airflow_provider_orchestra_dbt.get_provider_info import (
-    BACKENDS,
-    CONN_TYPE,
-    DEFAULT_RETRY_BUDGET_SECONDS,
-    DEFAULT_TIMEOUT_SECONDS,
-    ORCHESTRA_ENVS,
-)
+from airflow_provider_orchestra_dbt.get_provider_info import BACKENDS, CONN_TYPE
+from airflow_provider_orchestra_dbt.state.http import ORCHESTRA_ENVS
+from airflow_provider_orchestra_dbt.state.retry import DEFAULT_RETRY_BUDGET, DEFAULT_TIMEOUT
+from airflow_provider_orchestra_dbt.state.s3 import split_s3_uri
 from airflow_provider_orchestra_dbt.state.secrets import redact, secret_forms, url_credentials
 
 if TYPE_CHECKING:
@@ -46,8 +42,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BACKEND: Final = BACKENDS[0]
 DEFAULT_ORCHESTRA_ENV: Final = ORCHESTRA_ENVS[0]
-DEFAULT_TIMEOUT: Final = float(DEFAULT_TIMEOUT_SECONDS)
-DEFAULT_RETRY_BUDGET: Final = float(DEFAULT_RETRY_BUDGET_SECONDS)
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
@@ -118,7 +112,8 @@ class StateConnectionConfig:
             return cls._parse(conn_id, conn, extra, secrets)
         except _ConfigError as exc:
             # Messages quote only non-secret fields, each redacted before quoting (in case a
-            # secret was pasted into the wrong field); redact the whole text once more.
+            # secret was pasted into the wrong field); redact the whole text once more. ``from
+            # None``: the unredacted message must not reach the traceback as the cause.
             raise ValueError(_redact(str(exc), secrets)) from None
 
     @classmethod
@@ -129,77 +124,14 @@ class StateConnectionConfig:
         extra: Mapping[str, Any],
         secrets: tuple[str, ...],
     ) -> StateConnectionConfig:
-        def fail(message: str) -> NoReturn:
-            raise _ConfigError(f"Connection {conn_id!r}: {message}")
-
-        def quote(value: object) -> str:
-            # Redact before repr(): repr() escapes characters, which would defeat a later
-            # substring redaction of a secret containing quotes or backslashes.
-            return repr(_redact(value, secrets)) if isinstance(value, str) else repr(value)
-
-        def text(name: str, *, allow_int: bool = False) -> str | None:
-            value = extra.get(name)
-            if value is None:
-                return None
-            if allow_int and isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)
-            if not isinstance(value, str):
-                fail(f"extra field {name!r} must be a string, got {type(value).__name__}")
-            return value.strip() or None
-
-        def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
-            value = text(name)
-            if value is None:
-                return default
-            if value.lower() not in allowed:
-                # Quote the value as given (not lower-cased) so redaction still matches it.
-                fail(f"unknown {name} {quote(value)}; allowed values: {', '.join(allowed)}")
-            return value.lower()
-
-        backend = choice("backend", BACKENDS, DEFAULT_BACKEND)
-        orchestra_env = choice("orchestra_env", ORCHESTRA_ENVS, DEFAULT_ORCHESTRA_ENV)
-
-        def seconds(name: str, default: float, *, allow_zero: bool) -> float:
-            raw = extra.get(name)
-            if raw is None or (isinstance(raw, str) and not raw.strip()):
-                return default
-            try:
-                if isinstance(raw, bool):
-                    raise TypeError
-                value = float(raw)
-            except (TypeError, ValueError):
-                fail(f"{name!r} must be a number of seconds, got {quote(raw)}")
-            if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-                kind = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
-                fail(f"{name!r} must be {kind}, got {quote(raw)}")
-            return value
-
-        timeout = seconds("timeout", DEFAULT_TIMEOUT, allow_zero=False)
-        retry_budget = seconds("retry_budget", DEFAULT_RETRY_BUDGET, allow_zero=True)
-
-        state_uri = text("state_uri")
-        base_url = text("base_url")
-        # The connection form cannot mark a field required for some backends only (see
-        # get_provider_info), so these checks are the only enforcement; they name the form's
-        # label too, for whoever filled the form in.
-        if backend == "local" and state_uri is None:
-            fail(
-                "backend 'local' needs 'state_uri' (form field 'State URI') set to the path of "
-                "the state JSON file (e.g. /shared/orchestra/state.json)"
-            )
-        if backend == "s3" and not _is_s3_uri(state_uri):
-            fail(
-                "backend 's3' needs 'state_uri' (form field 'State URI') of the form s3://bucket/key"
-            )
-        if base_url is not None and not base_url.startswith(("http://", "https://")):
-            fail("'base_url' must start with http:// or https://")
-        if backend == "http" and not (conn.password or "").strip():
-            fail("backend 'http' needs the Orchestra API key in the password field ('API key')")
-        if backend == "s3" and bool(conn.login) != bool(text("aws_secret_access_key")):
-            fail(
-                "backend 's3' needs both the AWS access key id (login) and the AWS secret "
-                "access key, or neither (then aws_conn_id or the default AWS credentials apply)"
-            )
+        fields = _ExtraFields(conn_id, extra, secrets)
+        backend = fields.choice("backend", BACKENDS, DEFAULT_BACKEND)
+        orchestra_env = fields.choice("orchestra_env", ORCHESTRA_ENVS, DEFAULT_ORCHESTRA_ENV)
+        timeout = fields.seconds("timeout", DEFAULT_TIMEOUT, allow_zero=False)
+        retry_budget = fields.seconds("retry_budget", DEFAULT_RETRY_BUDGET, allow_zero=True)
+        state_uri = fields.text("state_uri")
+        base_url = fields.text("base_url")
+        _check_backend_fields(fields, conn, backend, state_uri, base_url)
 
         login = conn.login.strip() if isinstance(conn.login, str) and conn.login.strip() else None
         return cls(
@@ -208,15 +140,15 @@ class StateConnectionConfig:
             orchestra_env=orchestra_env,
             base_url=base_url,
             state_uri=state_uri,
-            region_name=text("region_name"),
-            endpoint_url=text("endpoint_url"),
-            aws_conn_id=text("aws_conn_id"),
-            integration_account_id=text("integration_account_id", allow_int=True),
+            region_name=fields.text("region_name"),
+            endpoint_url=fields.text("endpoint_url"),
+            aws_conn_id=fields.text("aws_conn_id"),
+            integration_account_id=fields.text("integration_account_id", allow_int=True),
             timeout=timeout,
             retry_budget=retry_budget,
             api_key=conn.password or None,
             aws_access_key_id=login,
-            aws_secret_access_key=text("aws_secret_access_key"),
+            aws_secret_access_key=fields.text("aws_secret_access_key"),
         )
 
     @property
@@ -243,11 +175,102 @@ class StateConnectionConfig:
         return _redact(text, self.secrets)
 
 
-def _is_s3_uri(uri: str | None) -> bool:
-    if uri is None or not uri.startswith("s3://"):
+@dataclass(frozen=True)
+class _ExtraFields:
+    """Reads the custom fields of one connection, failing with a ``_ConfigError`` that names
+    the connection and quotes only redacted values."""
+
+    conn_id: str
+    extra: Mapping[str, Any]
+    secrets: tuple[str, ...] = field(repr=False)
+
+    def fail(self, message: str) -> NoReturn:
+        raise _ConfigError(f"Connection {self.conn_id!r}: {message}")
+
+    def quote(self, value: object) -> str:
+        # Redact before repr(): repr() escapes characters, which would defeat a later
+        # substring redaction of a secret containing quotes or backslashes.
+        return repr(_redact(value, self.secrets)) if isinstance(value, str) else repr(value)
+
+    def text(self, name: str, *, allow_int: bool = False) -> str | None:
+        """The field stripped, ``None`` when missing or blank."""
+        value = self.extra.get(name)
+        if value is None:
+            return None
+        if allow_int and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            self.fail(f"extra field {name!r} must be a string, got {type(value).__name__}")
+        return value.strip() or None
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        """The field lower-cased, one of ``allowed``; ``default`` when missing."""
+        value = self.text(name)
+        if value is None:
+            return default
+        if value.lower() not in allowed:
+            # Quote the value as given (not lower-cased) so redaction still matches it.
+            self.fail(f"unknown {name} {self.quote(value)}; allowed values: {', '.join(allowed)}")
+        return value.lower()
+
+    def seconds(self, name: str, default: float, *, allow_zero: bool) -> float:
+        """The field as a finite number of seconds; ``default`` when missing or blank."""
+        raw = self.extra.get(name)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return default
+        try:
+            if isinstance(raw, bool):
+                raise TypeError
+            value = float(raw)
+        except (TypeError, ValueError):
+            self.fail(f"{name!r} must be a number of seconds, got {self.quote(raw)}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            kind = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
+            self.fail(f"{name!r} must be {kind}, got {self.quote(raw)}")
+        return value
+
+
+def _check_backend_fields(
+    fields: _ExtraFields,
+    conn: Connection,
+    backend: str,
+    state_uri: str | None,
+    base_url: str | None,
+) -> None:
+    """Fail unless the fields ``backend`` needs are set, and set right.
+
+    The connection form cannot mark a field required for some backends only (see
+    get_provider_info), so these checks are the only enforcement; they name the form's
+    label too, for whoever filled the form in.
+    """
+    if backend == "local" and state_uri is None:
+        fields.fail(
+            "backend 'local' needs 'state_uri' (form field 'State URI') set to the path of "
+            "the state JSON file (e.g. /shared/orchestra/state.json)"
+        )
+    if backend == "s3" and not _names_s3_object(state_uri):
+        fields.fail(
+            "backend 's3' needs 'state_uri' (form field 'State URI') of the form s3://bucket/key"
+        )
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        fields.fail("'base_url' must start with http:// or https://")
+    if backend == "http" and not (conn.password or "").strip():
+        fields.fail("backend 'http' needs the Orchestra API key in the password field ('API key')")
+    if backend == "s3" and bool(conn.login) != bool(fields.text("aws_secret_access_key")):
+        fields.fail(
+            "backend 's3' needs both the AWS access key id (login) and the AWS secret "
+            "access key, or neither (then aws_conn_id or the default AWS credentials apply)"
+        )
+
+
+def _names_s3_object(uri: str | None) -> bool:
+    if uri is None:
         return False
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bool(bucket) and bool(key) and not key.endswith("/")
+    try:
+        split_s3_uri(uri)
+    except ValueError:
+        return False
+    return True
 
 
 class OrchestraDbtHook(BaseHook):

@@ -7,15 +7,22 @@ the state store.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
+from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk import AssetAlias, BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef, NodeRefs
+from airflow_provider_orchestra_dbt.assets import DbtNodeRef, NodeRefs
+from airflow_provider_orchestra_dbt.execution.config import RunOption, operator_options
+from airflow_provider_orchestra_dbt.operators.options import DbtExecutionOptions, DbtTaskOutputs
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
@@ -24,12 +31,12 @@ if TYPE_CHECKING:
     from airflow_provider_orchestra_dbt.presentation.report import RunReport
     from airflow_provider_orchestra_dbt.state import StateStore
 
+__all__ = ["DbtExecutionOptions", "DbtTaskOutputs", "OrchestraDbtOperator"]
+
 NODE_DETAILS_XCOM_KEY = "orchestra_dbt_nodes"
 PICTURE_XCOM_KEY = "orchestra_dbt_picture"
 STATE_FILE_ENV = "ORCHESTRA_DBT_STATE_FILE"
 PICTURE_BASE_URL_ENV = "ORCHESTRA_DBT_PICTURE_BASE_URL"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class OrchestraDbtRunPictureLink(BaseOperatorLink):
@@ -67,64 +74,53 @@ def _plugin_picture_url(ti_key: Any) -> str:
     return f"{base.rstrip('/')}/{relative}"
 
 
-class OrchestraDbtOperator(BaseOperator):
-    """Run a dbt command; ``build``, ``run`` and ``test`` reuse nodes that need no rebuild.
+_PARAMS = operator_options("param")
+_EXECUTION = operator_options("execution")
+_OUTPUTS = tuple(f.name for f in fields(DbtTaskOutputs))
 
-    :param project_dir: the dbt project directory (holds ``dbt_project.yml``). Never modified.
-    :param profiles_dir: directory holding ``profiles.yml`` (default: dbt's own lookup).
-    :param target: dbt target. Templated.
-    :param command: dbt command; build/run/test are state-aware, others run unchanged.
-    :param select: dbt selection (string or list). Templated.
-    :param exclude: dbt exclusion (string or list). Templated.
-    :param selector: a selector from ``selectors.yml``. Templated.
-    :param vars: dbt vars, a mapping (or a YAML/JSON string of one). Templated.
-    :param full_refresh: pass ``--full-refresh`` and rebuild everything selected. Templated.
-    :param threads: dbt threads.
-    :param env: extra environment variables for dbt. Templated.
-    :param dbt_args: extra dbt flags as a list, e.g. ``["--fail-fast"]``. Templated.
-    :param state_conn_id: an ``orchestra_dbt`` connection for state; without one, a local file
-        (``$ORCHESTRA_DBT_STATE_FILE`` or ``$AIRFLOW_HOME/orchestra_dbt/state.json``).
-    :param reuse: set False to build everything selected (state is still recorded).
-    :param dry_run: only plan: log and return the decisions, run no model, change no state.
-    :param dbt_python: interpreter for the dbt worker, e.g. a separate dbt virtualenv's python.
-    :param target_path: keep dbt's artifacts (``manifest.json``, ``run_results.json``) in this
-        directory (default: a per-run temp dir, removed afterwards). Runs of one project and
-        target take turns, so a fixed path holds the latest run's artifacts; template it, e.g.
-        ``"/data/dbt-artifacts/{{ run_id }}"``, to keep each run's. Templated.
-    :param lock_timeout: seconds to wait for another run of the same project and target (on
-        this machine, or any sharing the state store) to finish before failing (default 3600;
-        0 fails at once).
-    :param push_node_details: also push per-node decisions and results to XCom
-        (key ``orchestra_dbt_nodes``).
-    :param manifest_path: the project's ``manifest.json``, read when the DAG is parsed to
-        declare one Asset per selected model and one per source (default
-        ``<project_dir>/target/manifest.json``; produce it with ``dbt parse`` when deploying).
-    :param asset_translator: maps dbt nodes to Asset names/URIs/groups.
-    :param emit_assets: declare Assets and emit events for rebuilt models (default True).
-    :param picture_dir: where each try writes its picture, an HTML graph of the run (default
-        ``$ORCHESTRA_DBT_PICTURE_DIR``, else ``$AIRFLOW_HOME/orchestra_dbt/pictures``); with
-        state on S3 it is also uploaded next to the state object, for the UI plugin.
-    :param picture_base_url: URL under which ``picture_dir`` is served, for the task's
-        "dbt run picture" link (default ``$ORCHESTRA_DBT_PICTURE_BASE_URL``; else the
-        provider's UI plugin serves it).
+
+def _attribute(option: RunOption) -> str:
+    """Where the operator keeps a run option given as a parameter.
+
+    Under its parameter name, except ``dry_run``: BaseOperator.dry_run is a method (a
+    render-only dry run), so it is kept as ``plan_only``.
     """
+    name = option.parameter
+    return "plan_only" if name == "dry_run" else name
 
-    template_fields: Sequence[str] = (
-        "project_dir",
-        "profiles_dir",
-        "target",
-        "select",
-        "exclude",
-        "selector",
-        "vars",
-        "full_refresh",
-        "env",
-        "dbt_args",
-        "target_path",
+
+class OrchestraDbtOperator(BaseOperator):
+    """Run a dbt command; ``build``, ``run`` and ``test`` reuse nodes that need no rebuild."""
+
+    __doc__ = (
+        (__doc__ or "")
+        + "\n\n"
+        + "\n".join(
+            [
+                *(f"    :param {o.parameter}: {o.doc}" for o in _PARAMS),
+                "    :param state_conn_id: an ``orchestra_dbt`` connection for state; without",
+                "        one, a local file (``$ORCHESTRA_DBT_STATE_FILE`` or",
+                "        ``$AIRFLOW_HOME/orchestra_dbt/state.json``).",
+                "    :param execution: how dbt runs, a ``DbtExecutionOptions``:",
+                *(f"        ``{o.parameter}``: {o.doc}" for o in _EXECUTION),
+                "    :param outputs: what the task publishes besides its return value, a",
+                f"        ``DbtTaskOutputs`` ({', '.join(_OUTPUTS)}).",
+            ]
+        )
     )
-    template_fields_renderers = {"vars": "json", "env": "json", "dbt_args": "json"}
+    template_fields: Sequence[str] = (
+        *(_attribute(o) for o in _PARAMS if o.templated),
+        *(("execution",) if DbtExecutionOptions.template_fields else ()),
+    )
+    template_fields_renderers = {_attribute(o): o.renderer for o in _PARAMS if o.renderer}
     ui_color = "#ff694a"
     operator_extra_links = (OrchestraDbtRunPictureLink(),)
+    # __init__ sets every run option given as a parameter; these ones this class reads too.
+    project_dir: str
+    profiles_dir: str | None
+    target: str | None
+    select: str | Sequence[str] | None
+    exclude: str | Sequence[str] | None
 
     def __init__(
         self,
@@ -132,60 +128,43 @@ class OrchestraDbtOperator(BaseOperator):
         project_dir: str | os.PathLike[str],
         profiles_dir: str | os.PathLike[str] | None = None,
         target: str | None = None,
-        command: str = "build",
+        command: str | None = None,
         select: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         selector: str | None = None,
         vars: Mapping[str, Any] | str | None = None,
-        full_refresh: bool | str = False,
-        threads: int | None = None,
+        full_refresh: bool | str | None = None,
         env: Mapping[str, str] | None = None,
         dbt_args: Sequence[str] | None = None,
         state_conn_id: str | None = None,
-        reuse: bool = True,
-        dry_run: bool = False,
-        dbt_python: str | None = None,
-        target_path: str | os.PathLike[str] | None = None,
-        lock_timeout: float | None = None,
-        push_node_details: bool = True,
-        manifest_path: str | os.PathLike[str] | None = None,
-        asset_translator: DbtAssetTranslator | None = None,
-        emit_assets: bool = True,
-        picture_dir: str | os.PathLike[str] | None = None,
-        picture_base_url: str | None = None,
+        reuse: bool | str | None = None,
+        dry_run: bool | str | None = None,
+        execution: DbtExecutionOptions | None = None,
+        outputs: DbtTaskOutputs | None = None,
         **kwargs: Any,
     ) -> None:
+        """Run options left None take their declared default (see ``DbtRunConfig``)."""
+        given = locals()  # the run options given as parameters, by their declared names
+        execution, outputs = _regroup(kwargs, execution, outputs)
         super().__init__(**kwargs)
-        self.project_dir = str(project_dir)
-        self.profiles_dir = str(profiles_dir) if profiles_dir else None
-        self.target = target
-        self.command = command
-        self.select = select
-        self.exclude = exclude
-        self.selector = selector
-        self.vars = vars
-        self.full_refresh = full_refresh
-        self.threads = threads
-        self.env = env
-        self.dbt_args = dbt_args
+        for option in _PARAMS:
+            value = given[option.parameter]
+            setattr(self, _attribute(option), os.fspath(value) if _is_path(value) else value)
         self.state_conn_id = state_conn_id
-        self.reuse = reuse
-        # BaseOperator.dry_run is a method (render-only dry run), so keep ours apart.
-        self.plan_only = dry_run
-        self.dbt_python = dbt_python
-        self.target_path = str(target_path) if target_path else None
-        self.lock_timeout = lock_timeout
-        self.push_node_details = push_node_details
-        self.manifest_path = str(manifest_path) if manifest_path else None
-        self.asset_translator = asset_translator or DbtAssetTranslator()
-        self.emit_assets = emit_assets
-        self.picture_dir = str(picture_dir) if picture_dir else None
-        self.picture_base_url = picture_base_url
+        self.execution = execution
+        self.outputs = outputs
         self.asset_alias = AssetAlias(name=f"orchestra_dbt/{self.dag_id}/{self.task_id}")
         self._session: DbtSession | None = None
         self._report: RunReport | None = None
-        if emit_assets:
+        if outputs.emit_assets:
             self._declare_assets()
+
+    def prepare_for_execution(self) -> Self:
+        other = super().prepare_for_execution()
+        # Airflow renders a nested object's template fields in place: the copy that runs
+        # gets its own, so the DAG's operator keeps its templates.
+        other.execution = copy.copy(self.execution)
+        return other
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig
@@ -195,41 +174,26 @@ class OrchestraDbtOperator(BaseOperator):
         try:
             store, key_prefix = self._state_store()
         except ValueError as exc:  # a misconfigured connection; the message names it
-            raise AirflowException(f"{self.task_id}: {exc}") from None
+            raise AirflowException(f"{self.task_id}: {exc}") from exc
         try:
             config = DbtRunConfig.create(
-                project_dir=self.project_dir,
-                command=self.command,
-                profiles_dir=self.profiles_dir,
-                target=self.target,
-                select=self.select,
-                exclude=self.exclude,
-                selector=self.selector,
-                vars=self.vars,
-                full_refresh=_as_bool("full_refresh", self.full_refresh),
-                threads=self.threads,
-                env=self.env,
-                dbt_args=self.dbt_args,
-                reuse=self.reuse,
-                dry_run=self.plan_only,
-                python=self.dbt_python,
-                target_path=self.target_path,
-                lock_timeout=self.lock_timeout,
+                **{o.name: getattr(self, _attribute(o)) for o in _PARAMS},
+                **self.execution.run_options(),
                 key_prefix=key_prefix,
                 run_info=_run_info(context),
             )
         except ConfigError as exc:
-            raise AirflowException(f"{self.task_id}: {exc}") from None
+            raise AirflowException(f"{self.task_id}: {exc}") from exc
         self._session = DbtSession(config, store, self.log)
         try:
             report = self._session.run()
         except (DbtRunError, StateError) as exc:
-            raise AirflowException(f"{self.task_id}: {exc}") from None
+            raise AirflowException(f"{self.task_id}: {exc}") from exc
         finally:
             self._session = None
         self._report = report
 
-        if self.emit_assets:
+        if self.outputs.emit_assets:
             self._emit_asset_events(context, report)
         summary = report.summary()
         # Where this task keeps state, for the UI plugin's reuse view and remote pictures.
@@ -241,7 +205,7 @@ class OrchestraDbtOperator(BaseOperator):
         picture = self._write_picture(context, report, store)
         if picture is not None:
             summary["picture"] = picture
-        if self.push_node_details:
+        if self.outputs.push_node_details:
             ti.xcom_push(key=NODE_DETAILS_XCOM_KEY, value=report.node_details())
         if not report.success:
             # State and node details are already saved; the summary must be there too.
@@ -261,7 +225,8 @@ class OrchestraDbtOperator(BaseOperator):
         from airflow_provider_orchestra_dbt.presentation.picture import write_run_html
 
         ti = context["ti"]
-        root = Path(self.picture_dir).expanduser() if self.picture_dir else picture_root()
+        picture_dir = self.outputs.picture_dir
+        root = Path(picture_dir).expanduser() if picture_dir else picture_root()
         relative = picture_relative_path(
             ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1), ti.try_number
         )
@@ -271,7 +236,7 @@ class OrchestraDbtOperator(BaseOperator):
             self.log.warning("Could not write the picture of this run: %s", exc)
             return None
         location = self._upload_picture(store, path, relative) or str(path)
-        base = self.picture_base_url or os.environ.get(PICTURE_BASE_URL_ENV)
+        base = self.outputs.picture_base_url or os.environ.get(PICTURE_BASE_URL_ENV)
         url = f"{base.rstrip('/')}/{relative.as_posix()}" if base else path.as_uri()
         self.log.info("Picture of this run: %s", url)
         ti.xcom_push(key=PICTURE_XCOM_KEY, value=location)
@@ -312,9 +277,10 @@ class OrchestraDbtOperator(BaseOperator):
     def _manifest_assets(self) -> list[Asset]:
         from airflow_provider_orchestra_dbt.assets.manifest import load_manifest
 
-        if _templated(self.project_dir, self.profiles_dir, self.target, self.manifest_path):
+        manifest_path = self.outputs.manifest_path
+        if _templated(self.project_dir, self.profiles_dir, self.target, manifest_path):
             return []
-        path = Path(self.manifest_path or Path(self.project_dir) / "target" / "manifest.json")
+        path = Path(manifest_path or Path(self.project_dir) / "target" / "manifest.json")
         try:
             index = load_manifest(path)
         except (OSError, ValueError, KeyError) as exc:
@@ -330,7 +296,7 @@ class OrchestraDbtOperator(BaseOperator):
         }
         refs = self._node_refs(index.adapter_type)
         return [
-            self.asset_translator.asset(refs.from_manifest(index.nodes[uid]))
+            self.outputs.asset_translator.asset(refs.from_manifest(index.nodes[uid]))
             for uid in sorted(wanted | sources)
         ]
 
@@ -374,7 +340,7 @@ class OrchestraDbtOperator(BaseOperator):
         for ref in self._refs(report, self._built_models(report)):
             result = report.results.get(ref.unique_id)
             events.add(
-                self.asset_translator.asset(ref),
+                self.outputs.asset_translator.asset(ref),
                 extra={
                     "unique_id": ref.unique_id,
                     "status": result.status if result else None,
@@ -442,15 +408,34 @@ def _as_list(value: str | Sequence[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _as_bool(name: str, value: bool | str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise AirflowException(f"{name} must be true or false, got {value!r}")
+def _is_path(value: Any) -> bool:
+    return isinstance(value, os.PathLike)
+
+
+def _regroup(
+    kwargs: dict[str, Any], execution: DbtExecutionOptions | None, outputs: DbtTaskOutputs | None
+) -> tuple[DbtExecutionOptions, DbtTaskOutputs]:
+    """This operator's own copies of the option groups, with deprecated flat arguments moved in.
+
+    Flat ``threads=4`` and the like (before 0.x) are taken from ``kwargs`` for one more
+    release, with a warning naming the new spelling.
+    """
+    execution = copy.copy(execution) if execution is not None else DbtExecutionOptions()
+    outputs = dataclasses.replace(outputs) if outputs is not None else DbtTaskOutputs()
+    groups: list[tuple[str, object, tuple[str, ...]]] = [
+        ("execution", execution, tuple(o.parameter for o in _EXECUTION)),
+        ("outputs", outputs, _OUTPUTS),
+    ]
+    for group, target, names in groups:
+        for name in [n for n in names if n in kwargs]:
+            warnings.warn(
+                f"OrchestraDbtOperator({name}=...) is deprecated: pass "
+                f"{group}={type(target).__name__}({name}=...) instead",
+                AirflowProviderDeprecationWarning,
+                stacklevel=4,
+            )
+            setattr(target, name, kwargs.pop(name))
+    return execution, outputs
 
 
 def _run_info(context: Context) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_orchestra_dbt.decisions.planner import tests_failed
+from airflow_provider_orchestra_dbt.decisions.planner import REUSABLE_STATUSES, tests_failed
+from airflow_provider_orchestra_dbt.state.model import StateEntry
 
 STATEFUL_TYPES = ("model", "seed", "snapshot")
 SOURCES_SHOWN = 3
@@ -19,6 +20,8 @@ SOURCES_SHOWN = 3
 
 @dataclass(frozen=True)
 class ModelState:
+    """One row of the task page: a node's last decision and outcome, its state, what is next."""
+
     unique_id: str
     resource_type: str
     decision: str
@@ -30,12 +33,12 @@ class ModelState:
     next_run: str
 
 
-def _consumed(entry: Mapping[str, Any] | None) -> str:
+def _consumed(entry: StateEntry | None) -> str:
     """The source data the last build read: ``source (up to <time>)``, a few then a count."""
-    if not entry:
+    if entry is None:
         return ""
-    sources = entry.get("sources")
-    if not isinstance(sources, Mapping) or not sources:
+    sources = entry.sources
+    if not sources:
         return "no sources upstream"
     shown = [
         f"{uid.split('.', 2)[-1]} (up to {when})" if when else f"{uid.split('.', 2)[-1]}"
@@ -45,14 +48,14 @@ def _consumed(entry: Mapping[str, Any] | None) -> str:
     return ", ".join(shown) + (f" +{more} more" if more > 0 else "")
 
 
-def next_run(entry: Mapping[str, Any] | None, detail: Mapping[str, Any]) -> str:
+def next_run(entry: StateEntry | None, detail: Mapping[str, Any]) -> str:
     """What the next run will do with this node, as far as state alone can tell."""
-    if not entry:
+    if entry is None:
         return "builds: no state recorded for it"
     if tests_failed(entry):
         return "builds: an error-severity test failed after its last build"
-    status = entry.get("status")
-    if status not in ("success", "untested"):
+    if entry.status not in REUSABLE_STATUSES:
+        status = None if entry.status is None else str(entry.status)
         return f"builds: its last recorded status is {status!r}"
     reason = str(detail.get("reason") or "")
     if detail.get("decision") == "reuse" and reason.startswith("build_after"):
@@ -63,7 +66,7 @@ def next_run(entry: Mapping[str, Any] | None, detail: Mapping[str, Any]) -> str:
 
 
 def model_states(
-    node_details: Sequence[Mapping[str, Any]], entries: Mapping[str, Mapping[str, Any]]
+    node_details: Sequence[Mapping[str, Any]], entries: Mapping[str, StateEntry]
 ) -> list[ModelState]:
     """One row per model, seed and snapshot of the last run, in its order."""
     rows = []
@@ -79,9 +82,9 @@ def model_states(
                 decision=str(detail.get("decision") or ""),
                 outcome=str(detail.get("outcome") or ""),
                 reason=str(detail.get("reason") or ""),
-                last_built=str(entry.get("last_updated")) if entry else None,
+                last_built=str(entry.last_updated) if entry is not None else None,
                 consumed=_consumed(entry),
-                status=str(entry.get("status")) if entry and entry.get("status") else None,
+                status=str(entry.status) if entry is not None and entry.status else None,
                 next_run=next_run(entry, detail),
             )
         )

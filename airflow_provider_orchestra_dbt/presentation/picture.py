@@ -289,6 +289,23 @@ def _collect(
 ) -> _Drawing:
     """Everything drawn, keyed by unique_id; the edges; how many tests had nowhere to go."""
     outcomes = report.outcomes()
+    items, tests = _planned_items(report, graph, decisions, causes, outcomes)
+    _add_tested_context(items, graph, tests)
+    stateful = list(items)
+    _add_sources(items, graph, stateful, tests)
+    edges = _edges(graph, stateful, items)
+    loose = _attach_test_markers(report, graph, tests, causes, outcomes, items)
+    return items, edges, loose
+
+
+def _planned_items(
+    report: RunReport,
+    graph: Graph,
+    decisions: Sequence[Decision],
+    causes: Mapping[str, tuple[str, ...]],
+    outcomes: Mapping[str, str],
+) -> tuple[dict[str, _Item], list[Decision]]:
+    """A box per planned stateful node, in plan order; and the planned tests, set aside."""
     items: dict[str, _Item] = {}
     tests: list[Decision] = []
     for decision in decisions:
@@ -313,7 +330,11 @@ def _collect(
                 facts=facts,
                 causes=causes.get(uid, ()),
             )
-    # `dbt test` plans tests only: draw what they check so the markers have a home.
+    return items, tests
+
+
+def _add_tested_context(items: dict[str, _Item], graph: Graph, tests: Sequence[Decision]) -> None:
+    """`dbt test` plans tests only: draw what they check so the markers have a home."""
     for decision in tests:
         for uid in graph.tested_nodes(decision.unique_id):
             node = graph[uid]
@@ -329,7 +350,12 @@ def _collect(
                     resource_type=node.resource_type,
                     note=note,
                 )
-    stateful = list(items)
+
+
+def _add_sources(
+    items: dict[str, _Item], graph: Graph, stateful: Sequence[str], tests: Sequence[Decision]
+) -> None:
+    """The sources the drawn nodes read, and those a selected test checks."""
     for uid in stateful:
         for source_id in graph.upstream(uid).sources:
             _add_source(items, graph, source_id)
@@ -338,11 +364,27 @@ def _collect(
             if graph[uid].resource_type == "source":
                 _add_source(items, graph, uid)
 
+
+def _edges(
+    graph: Graph, stateful: Sequence[str], items: Mapping[str, _Item]
+) -> list[tuple[str, str]]:
+    """(parent, child) for every drawn node and each of its drawn direct parents."""
     edges: list[tuple[str, str]] = []
     for uid in stateful:
         up = graph.upstream(uid)
         edges += [(p, uid) for p in (*up.sources, *up.nodes) if p in items]
+    return edges
 
+
+def _attach_test_markers(
+    report: RunReport,
+    graph: Graph,
+    tests: Sequence[Decision],
+    causes: Mapping[str, tuple[str, ...]],
+    outcomes: Mapping[str, str],
+    items: dict[str, _Item],
+) -> int:
+    """Put each test's marker on every drawn node it checks; return how many had none."""
     loose = 0
     for decision in tests:
         uid = decision.unique_id
@@ -362,7 +404,7 @@ def _collect(
         loose += not homes
     for item in items.values():
         item.tests.sort(key=lambda m: (_TEST_RANK.get(m.outcome, 9), m.uid))
-    return items, edges, loose
+    return loose
 
 
 def _add_source(items: dict[str, _Item], graph: Graph, source_id: str) -> None:

@@ -13,16 +13,18 @@ from airflow_provider_orchestra_dbt.decisions.outcomes import (
     BUILT_STATUSES,
     KEPT_STATUSES,
     SKIPPED_STATUSES,
+    DbtStatus,
     NodeResult,
 )
 from airflow_provider_orchestra_dbt.decisions.planner import Action, Decision, Plan
+from airflow_provider_orchestra_dbt.state.model import StateEntry
 
 # Final outcome per node, as counted in summaries.
 BUILT, REUSED, FAILED, SKIPPED, NOT_RUN = "built", "reused", "failed", "skipped", "not_run"
 PASSED, WARNED = "passed", "warned"
 
 # The XCom return_value (``summary()``) stays under this many bytes of JSON, whatever the project
-# size (design §7 promises under 64 KB for 5,000 nodes; the rest is headroom for serialisers).
+# size (docs/design.md §7 promises under 64 KB for 5,000 nodes; the rest is for serialisers).
 SUMMARY_BUDGET_BYTES = 56 * 1024
 # Id lists in the summary, most important first: they keep their ids first when space is short.
 SUMMARY_ID_LISTS = (FAILED, SKIPPED, BUILT)
@@ -43,6 +45,9 @@ def unmatched_message(criterion: str) -> str:
     return f"The selection criterion '{criterion}' does not match any enabled nodes"
 
 
+_TEST_OUTCOMES: dict[str, str] = {DbtStatus.PASS: PASSED, DbtStatus.WARN: WARNED}
+
+
 def node_outcome(is_test: bool, builds: bool, result: NodeResult | None) -> str:
     if not builds:
         return REUSED
@@ -54,12 +59,19 @@ def node_outcome(is_test: bool, builds: bool, result: NodeResult | None) -> str:
     if status in KEPT_STATUSES:
         return REUSED  # by dbt itself: the relation was left as it was
     if is_test:
-        return {"pass": PASSED, "warn": WARNED}.get(status, FAILED)
+        return _TEST_OUTCOMES.get(status, FAILED)
     return BUILT if status in BUILT_STATUSES else FAILED
 
 
 @dataclass(frozen=True)
 class RunReport:
+    """What one run did: its plan and dbt's results, rendered for logs, XCom and the picture.
+
+    ``graph`` and ``plan`` are None for a run that is not state-aware (or failed before
+    planning); ``state_updates`` counts the entries saved, ``time_saved_seconds`` the recorded
+    execution time of the nodes reused.
+    """
+
     command: str
     target: str | None
     exit_code: int
@@ -70,7 +82,6 @@ class RunReport:
     results: Mapping[str, NodeResult] = field(default_factory=dict)
     time_saved_seconds: float = 0.0
     state_updates: int = 0
-    artifacts_dir: str | None = None
     run_info: Mapping[str, Any] = field(default_factory=dict)
     invocation_id: str | None = None
     # --select/--exclude criteria (and ``selector:<name>``) that matched no enabled node.
@@ -347,13 +358,13 @@ class ExecutionProgress:
 
 
 def recorded_execution_times(
-    decisions: Sequence[Decision], state: Mapping[str, Mapping[str, Any]]
+    decisions: Sequence[Decision], state: Mapping[str, StateEntry]
 ) -> dict[str, float]:
     """Each decided node's execution time as last recorded in the state, where there is one."""
     times: dict[str, float] = {}
     for decision in decisions:
         entry = state.get(decision.key) if decision.key else None
-        seconds = entry.get("execution_time") if entry else None
+        seconds = entry.execution_time if entry is not None else None
         if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
             times[decision.unique_id] = float(seconds)
     return times
@@ -371,15 +382,15 @@ def duration_text(seconds: float) -> str:
     return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
-def finished_node_line(event: Mapping[str, Any], progress: NodeProgress | None = None) -> str:
+def finished_node_line(result: NodeResult, progress: NodeProgress | None = None) -> str:
     """``[12/64] SUCCESS  model.x in 0.23s, 60 rows (~4s left)``; a message after failures."""
-    status = str(event.get("status", "?")).upper()
-    elapsed = event.get("execution_time")
+    status = str(result.status or "?").upper()
+    elapsed = result.execution_time
     timing = f" in {elapsed:.2f}s" if isinstance(elapsed, (int, float)) else ""
-    rows = event.get("rows_affected")
+    rows = result.rows_affected
     rows_text = f", {rows} rows" if isinstance(rows, int) and rows >= 0 else ""
     left = progress.left_text() if progress is not None else ""
-    message = event.get("message")
+    message = result.message
     tail = f": {message}" if message and status not in ("SUCCESS", "PASS") else ""
     counter = f"{progress.text()} " if progress is not None else ""
-    return f"{counter}{status:<8} {event.get('unique_id')}{timing}{rows_text}{left}{tail}"
+    return f"{counter}{status:<8} {result.unique_id}{timing}{rows_text}{left}{tail}"

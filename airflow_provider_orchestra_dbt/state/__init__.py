@@ -1,10 +1,12 @@
 """Persisted run state: which dbt nodes were built, from what, and when.
 
 Standard library only, so it can be imported (and tested) without Airflow or
-dbt installed.
+dbt installed. The S3 and Orchestra API stores need boto3 and requests (the ``s3`` and
+``http`` extras) only once built.
 """
 
 from airflow_provider_orchestra_dbt.state.errors import (
+    MissingExtraError,
     StateConflictError,
     StateError,
     StateFormatError,
@@ -15,8 +17,11 @@ from airflow_provider_orchestra_dbt.state.local import (
     LocalFileStateStore,
 )
 from airflow_provider_orchestra_dbt.state.model import (
+    EntryStatus,
+    EntryUpdates,
     StateDocument,
     StateEntries,
+    StateEntry,
     entry_timestamp,
     format_timestamp,
     is_newer,
@@ -31,12 +36,16 @@ from airflow_provider_orchestra_dbt.state.uri import SUPPORTED_STATE_URIS, store
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "SUPPORTED_STATE_URIS",
+    "EntryStatus",
+    "EntryUpdates",
     "LocalFileStateStore",
+    "MissingExtraError",
     "OrchestraHttpStateStore",
     "S3StateStore",
     "StateConflictError",
     "StateDocument",
     "StateEntries",
+    "StateEntry",
     "StateError",
     "StateFormatError",
     "StateStore",

@@ -7,7 +7,17 @@ alone does not tell an operator which of several state files to look at.
 
 from __future__ import annotations
 
-__all__ = ["StateConflictError", "StateError", "StateFormatError"]
+import importlib.util
+
+__all__ = [
+    "MissingExtraError",
+    "StateConflictError",
+    "StateError",
+    "StateFormatError",
+    "require_extra",
+]
+
+DISTRIBUTION = "airflow-provider-orchestra-dbt"
 
 
 class StateError(Exception):
@@ -30,3 +40,18 @@ class StateConflictError(StateError):
     they give up retrying; the local file store serialises writers with a lock
     and reports a lock timeout as a plain ``StateError`` instead.
     """
+
+
+class MissingExtraError(StateError):
+    """A store needs a library that is only installed with one of the package's extras."""
+
+
+def require_extra(who: str, extra: str, *modules: str) -> None:
+    """Raise :class:`MissingExtraError` naming the extra to install unless ``modules`` are
+    installed. Looks them up without importing them (importing boto3 takes a while)."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(
+            f"{who} needs {' and '.join(missing)}, which is not installed: "
+            f"pip install '{DISTRIBUTION}[{extra}]'"
+        )

@@ -11,7 +11,8 @@ needs no lock or compare-and-swap: concurrent writers cannot lose each other's
 updates, and an older write can never replace a newer one.
 
 ``requests`` is imported inside methods so that importing the state package
-stays cheap and free of third-party imports.
+stays cheap and free of third-party imports; it comes with the ``http`` extra, and a
+store built without it says which extra to install.
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
 
 from airflow_provider_orchestra_dbt import __version__
-from airflow_provider_orchestra_dbt.state.errors import StateError, StateFormatError
+from airflow_provider_orchestra_dbt.state.errors import (
+    StateError,
+    StateFormatError,
+    require_extra,
+)
 from airflow_provider_orchestra_dbt.state.model import (
     STATE_KEY,
+    EntryUpdates,
     StateDocument,
-    StateEntries,
+    entries_to_json,
     validate_update,
 )
 from airflow_provider_orchestra_dbt.state.retry import (
     DEFAULT_RETRY_BUDGET,
+    DEFAULT_TIMEOUT,
     UNREACHABLE_ATTEMPTS,
     RetryClock,
     check_budget,
@@ -65,7 +72,6 @@ STATE_PATH = "/api/engine/public/state/DBT_CORE"
 ORCHESTRA_ENVS = ("app", "stage", "dev")
 """Orchestra environments; each is served from ``https://<env>.getorchestra.io``."""
 
-DEFAULT_TIMEOUT = 30.0
 DEFAULT_BACKOFF_SECONDS = 0.5
 
 # Establishing a connection either works quickly or not at all, so the connect
@@ -118,6 +124,7 @@ def _check_url(url: str, what: str) -> str:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
+        # from None: urllib's message may quote the URL, credentials unmasked.
         raise ValueError(f"malformed {what} {mask_url_credentials(url)!r}: {exc}") from None
     shown = mask_url_credentials(url)
     expected = "expected http(s)://host[:port][/path]"
@@ -212,6 +219,7 @@ class OrchestraHttpStateStore:
         self._url = _check_url(url.strip(), "Orchestra state URL")
         self._label = label
         who = label or self.description
+        require_extra(who, "http", "requests")
         # A key pasted from a file or a UI often carries a trailing newline;
         # requests would reject it with an error that quotes the whole header.
         key = (api_key or "").strip()
@@ -308,7 +316,7 @@ class OrchestraHttpStateStore:
             self._known = document
         return _copy(document)
 
-    def save(self, updates: StateEntries) -> StateDocument:
+    def save(self, updates: EntryUpdates) -> StateDocument:
         """PATCH ``updates`` to the API, which merges them per key (newer wins).
 
         Returns the last loaded document with ``updates`` merged in under the
@@ -325,20 +333,21 @@ class OrchestraHttpStateStore:
             StateError: the request failed (see :meth:`load`).
         """
         origin = f"state update for {self.description}"
-        validate_update(updates, origin=origin)
+        entries = validate_update(updates, origin=origin)
         if self._key_prefix:
-            outside = sorted(key for key in updates if not self._in_prefix(key))
+            outside = sorted(key for key in entries if not self._in_prefix(key))
             if outside:
                 raise StateFormatError(
                     f"{origin}: {len(outside)} key(s) lack the prefix "
                     f"'{self._key_prefix}.' and would never be loaded back, "
                     f"e.g. {outside[0]!r}"
                 )
-        body = json.dumps({STATE_KEY: updates}, allow_nan=False, separators=(",", ":")).encode()
-        if updates:
+        state = entries_to_json(entries)
+        body = json.dumps({STATE_KEY: state}, allow_nan=False, separators=(",", ":")).encode()
+        if entries:
             self._request("PATCH", body)
         with self._lock:
-            self._known = self._known.merged(updates)
+            self._known = self._known.merged(entries)
             return _copy(self._known)
 
     def probe(self) -> str:
@@ -465,15 +474,18 @@ class OrchestraHttpStateStore:
                 allow_redirects=False,
             )
         except requests.ConnectTimeout:
+            # from None: a requests exception carries the prepared request, API key included.
             raise _Retry(
                 f"could not connect within {connect_timeout:g}s", unreachable=True
             ) from None
         except requests.Timeout:
+            # from None: a requests exception carries the prepared request, API key included.
             raise _Retry(f"no response within {self._timeout:g}s", unreachable=True) from None
         except requests.exceptions.SSLError as exc:
             # Certificate problems do not fix themselves between attempts.
             self._fail(f"{self._where}: TLS error: {_exception_text(exc)}")
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            # from None: a requests exception carries the prepared request, API key included.
             raise _Retry(_exception_text(exc), unreachable=True) from None
         except requests.RequestException as exc:
             self._fail(f"{self._where}: {method} failed: {_exception_text(exc)}")
@@ -530,9 +542,11 @@ class OrchestraHttpStateStore:
         except Exception as exc:
             response.close()
             if time.monotonic() >= deadline or isinstance(exc, TimeoutError):
+                # from None: a requests exception carries the request, API key included.
                 raise _Retry(
                     f"no complete response within {self._timeout:g}s", unreachable=True
                 ) from None
+            # from None: a requests exception carries the prepared request, API key included.
             raise _Retry(f"response cut short: {_exception_text(exc)}", unreachable=True) from None
         # Read to the end, so the connection can be kept alive for the next call.
         raw.release_conn()

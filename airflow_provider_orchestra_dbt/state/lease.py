@@ -92,6 +92,8 @@ class LeaseLost(StateError):
 
 
 class Clock(Protocol):
+    """The time a lease reads and waits on; tests give a fake one to skip the waiting."""
+
     def monotonic(self) -> float: ...
 
     def time(self) -> float: ...
@@ -102,6 +104,8 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The real clock: ``time.monotonic``, ``time.time`` and ``Event.wait``."""
+
     def monotonic(self) -> float:
         return time.monotonic()
 

@@ -19,8 +19,8 @@ from airflow_provider_orchestra_dbt.state.locking import (
     open_lock_file,
 )
 from airflow_provider_orchestra_dbt.state.model import (
+    EntryUpdates,
     StateDocument,
-    StateEntries,
     validate_update,
 )
 
@@ -89,7 +89,7 @@ class LocalFileStateStore:
             return StateDocument.empty()
         return StateDocument.from_json_bytes(data, origin=f"state file {target}")
 
-    def save(self, updates: StateEntries) -> StateDocument:
+    def save(self, updates: EntryUpdates) -> StateDocument:
         """Merge ``updates`` into the file under the lock and replace it atomically.
 
         Creates the file and its parent directories on first use. An existing
@@ -101,7 +101,7 @@ class LocalFileStateStore:
             StateError: the lock was not acquired within ``lock_timeout`` or
                 the file could not be read or written.
         """
-        validate_update(updates, origin=f"state update for {self.description}")
+        entries = validate_update(updates, origin=f"state update for {self.description}")
 
         target = self._target()
         try:
@@ -116,7 +116,7 @@ class LocalFileStateStore:
                 if data is None
                 else StateDocument.from_json_bytes(data, origin=f"state file {target}")
             )
-            merged = current.merged(updates)
+            merged = current.merged(entries)
             self._write(target, merged.to_json_bytes())
         return merged
 
@@ -196,10 +196,10 @@ class LocalFileStateStore:
     def _acquire(self, fd: int, lock_path: Path) -> None:
         try:
             flock_exclusive(fd, timeout=self._lock_timeout)
-        except LockTimeout:
+        except LockTimeout as exc:
             raise StateError(
                 f"timed out after {self._lock_timeout:g}s waiting for lock file {lock_path}"
-            ) from None
+            ) from exc
         except OSError as exc:
             raise StateError(f"cannot lock {lock_path}: {exc}") from exc
 

@@ -11,6 +11,10 @@ decisions/planner.py). Entries may carry more fields (``upstream``, ``status``,
 ``execution_time``, ``run``, ``checksum_parts``, ``source_tokens``, ``unique_id``); fields and
 top-level keys this version does not know about are carried through untouched
 so that a newer writer's data survives a round trip through an older one.
+
+A document is parsed once, where it is read (``StateDocument.from_json_bytes``): each entry
+becomes a ``StateEntry`` (typed fields, unknown fields in ``extra``), written back as the same
+JSON by ``StateDocument.to_json_bytes``. The statuses this package records are ``EntryStatus``.
 """
 
 from __future__ import annotations
@@ -19,15 +23,20 @@ import copy
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, NoReturn
 
 from airflow_provider_orchestra_dbt.state.errors import StateFormatError
 
 __all__ = [
+    "EntryStatus",
+    "EntryUpdates",
     "StateDocument",
     "StateEntries",
+    "StateEntry",
+    "entries_to_json",
     "entry_timestamp",
     "format_timestamp",
     "is_newer",
@@ -37,10 +46,119 @@ __all__ = [
     "validate_update",
 ]
 
-StateEntries = dict[str, dict[str, Any]]
+STATE_KEY = "state"
+
+
+class EntryStatus(StrEnum):
+    """The ``status`` this package records in an entry (the JSON values are these strings)."""
+
+    SUCCESS = "success"
+    """Built, and its tests passed or were not selected by a ``dbt build``."""
+    UNTESTED = "untested"
+    """Built by ``dbt run``: its tests have not run since."""
+    TEST_FAILED = "test_failed"
+    """An error-severity test failed after its last build: rebuilt on the next run."""
+
+
+@dataclass(frozen=True, eq=False)
+class StateEntry(Mapping[str, Any]):
+    """One node's entry in the state document, parsed once when the document is read.
+
+    The fields are the state format's; ``None`` means the field is absent from the JSON (a
+    validated entry never holds ``null`` in them). ``extra`` carries every field this version
+    does not know, e.g. ones a newer version or the dbt-orchestra tool writes, so they
+    survive a round trip. ``status`` is an ``EntryStatus`` when it is one of ours, else the
+    string as written.
+
+    For callers not yet switched to the attributes, the entry also reads as the read-only
+    mapping of its JSON form (``entry["checksum"]``, ``entry.get("execution_time")``), and
+    compares equal to a mapping with the same JSON content.
+    """
+
+    checksum: str
+    last_updated: str | None = None
+    unique_id: str | None = None
+    status: EntryStatus | str | None = None
+    sources: Mapping[str, str] | None = None
+    """Source unique_id -> ISO-8601 freshness consumed (read by dbt-orchestra as well)."""
+    source_tokens: Mapping[str, str] | None = None
+    """Source unique_id -> ``"<method>:<token>"`` consumed (sources without loaded_at_field)."""
+    upstream: Mapping[str, str] | None = None
+    """Parent state key -> the parent's ``last_updated`` this node consumed."""
+    checksum_parts: Mapping[str, str] | None = None
+    execution_time: float | None = None
+    run: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> StateEntry:
+        """Parse a validated JSON entry (see ``validate_entries``); nothing is shared with it."""
+        return cls._parse(_copy_json(dict(raw)))
+
+    @classmethod
+    def _parse(cls, raw: dict[str, Any]) -> StateEntry:
+        known = {name: raw[name] for name in _FIELD_NAMES if name in raw}
+        status = known.get("status")
+        if isinstance(status, str) and status in _ENTRY_STATUSES:
+            known["status"] = EntryStatus(status)
+        extra = {name: value for name, value in raw.items() if name not in _FIELD_NAMES}
+        return cls(**known, extra=extra)
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as a JSON object, with the fields it was read with; a fresh copy."""
+        result: dict[str, Any] = _copy_json(self._json_view())
+        return result
+
+    def _json_view(self) -> dict[str, Any]:
+        # Shares the nested objects: for reading and encoding only.
+        view = dict(self.extra)
+        for name in _FIELD_NAMES:
+            value = getattr(self, name)
+            if value is not None:
+                view[name] = str(value) if name == "status" else value
+        return view
+
+    def updated_by(self, update: StateEntry) -> StateEntry:
+        """``update``, keeping the fields of this entry that ``update`` does not carry."""
+        return StateEntry._parse({**self._json_view(), **update._json_view()})
+
+    def with_status(self, status: EntryStatus, *, checksum: str | None = None) -> StateEntry:
+        """This entry with another status (and checksum, if given)."""
+        return replace(
+            self, status=status, checksum=self.checksum if checksum is None else checksum
+        )
+
+    # -- read-only mapping of the JSON form ------------------------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        if name in _FIELD_NAMES:
+            value = getattr(self, name)
+            if value is None:
+                raise KeyError(name)
+            return str(value) if name == "status" else value
+        return self.extra[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._json_view())
+
+    def __len__(self) -> int:
+        return len(self._json_view())
+
+
+# In declaration order, so the mapping view iterates the same way in every process.
+_FIELD_NAMES = tuple(f.name for f in fields(StateEntry) if f.name != "extra")
+_ENTRY_STATUSES = frozenset(EntryStatus)
+
+StateEntries = dict[str, StateEntry]
 """Entries keyed by state key (e.g. ``"db.schema.model"``)."""
 
-STATE_KEY = "state"
+EntryUpdates = Mapping[str, Mapping[str, Any]]
+"""What a store saves: ``StateEntry`` objects, or entries in their JSON form, by state key."""
+
+
+def entries_to_json(entries: Mapping[str, StateEntry]) -> dict[str, dict[str, Any]]:
+    """The JSON form of ``entries`` (the document's ``state`` object); a fresh copy."""
+    return {key: entry.to_json() for key, entry in entries.items()}
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -100,7 +218,9 @@ def is_newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return time_b is None or time_a > time_b
 
 
-def merge_entries(current: StateEntries, updates: StateEntries) -> StateEntries:
+def merge_entries(
+    current: Mapping[str, StateEntry], updates: Mapping[str, StateEntry]
+) -> StateEntries:
     """Merge ``updates`` into ``current`` and return the result as a new mapping.
 
     Per key the entry with the newer ``last_updated`` wins, so a writer that
@@ -108,16 +228,15 @@ def merge_entries(current: StateEntries, updates: StateEntries) -> StateEntries:
     update wins. When the update wins, stored fields it does not carry are
     kept, so fields added by other writers or newer versions are not dropped.
 
-    Neither argument is modified, and the result shares no mutable objects with
-    them, so editing the result can never alter a document it came from.
+    Neither argument is modified; entries are immutable, so the result may share them.
     """
-    merged = {key: _copy_json(entry) for key, entry in current.items()}
+    merged = dict(current)
     for key, update in updates.items():
         stored = merged.get(key)
         if stored is None:
-            merged[key] = _copy_json(update)
+            merged[key] = update
         elif not is_newer(stored, update):
-            merged[key] = {**stored, **_copy_json(update)}
+            merged[key] = stored.updated_by(update)
     return merged
 
 
@@ -226,14 +345,19 @@ def _check_entry(origin: str, key: str, entry: object) -> None:
 
 
 def validate_entries(entries: object, *, origin: str) -> StateEntries:
-    """Check that ``entries`` has the shape of the document's ``state`` object.
+    """Check that ``entries`` has the shape of the document's ``state`` object, and parse it.
 
     Only the fields this package relies on are checked; anything else in an
-    entry is left alone so newer writers can add fields freely.
+    entry is left alone so newer writers can add fields freely (``StateEntry.extra``).
 
     Raises:
         StateFormatError: naming ``origin`` and the offending entry and field.
     """
+    checked = _check_entries(entries, origin=origin)
+    return {key: StateEntry.from_json(entry) for key, entry in checked.items()}
+
+
+def _check_entries(entries: object, *, origin: str) -> dict[str, dict[str, Any]]:
     if not isinstance(entries, dict):
         raise StateFormatError(f"{origin}: 'state' must be an object, got {_json_type(entries)}")
     for key, entry in entries.items():
@@ -243,29 +367,38 @@ def validate_entries(entries: object, *, origin: str) -> StateEntries:
     return entries
 
 
-def validate_update(updates: object, *, origin: str) -> None:
+def validate_update(updates: object, *, origin: str) -> StateEntries:
     """Check, before any lock is taken or request made, that ``updates`` can be saved.
 
+    ``updates`` maps state keys to ``StateEntry`` objects or to entries in their JSON form.
     Besides the shape, this catches values JSON cannot hold (NaN, a set, a
     lone surrogate, ...) so the error names the update rather than the store.
+
+    Returns the updates as parsed entries.
 
     Raises:
         StateFormatError: naming ``origin`` and the problem.
     """
-    entries = validate_entries(updates, origin=origin)
+    if isinstance(updates, Mapping):
+        updates = {
+            key: entry._json_view() if isinstance(entry, StateEntry) else entry
+            for key, entry in updates.items()
+        }
+    raw = _check_entries(updates, origin=origin)
     try:
         # Same checks as the write but compact: without indent, json uses its
         # C encoder, many times faster for an update as large as a whole state.
-        _encode(updates, indent=None)
+        _encode(raw, indent=None)
     except (TypeError, ValueError) as exc:
         # json's own message names neither the entry nor the field, so the
         # culprit is looked for only now, keeping the common path fast.
-        culprit = _find_non_json(entries)
+        culprit = _find_non_json(raw)
         detail = culprit if culprit is not None else str(exc)
         raise StateFormatError(f"{origin} is not JSON-serialisable: {detail}") from None
+    return {key: StateEntry.from_json(entry) for key, entry in raw.items()}
 
 
-def _find_non_json(updates: StateEntries) -> str | None:
+def _find_non_json(updates: Mapping[str, Mapping[str, Any]]) -> str | None:
     """Describe the first value JSON cannot hold: ``entry 'k', field 'a.b[0]': why``."""
     for key, entry in updates.items():
         for path, problem in _non_json_values(entry, ""):
@@ -322,10 +455,10 @@ def _reject_constant(name: str) -> NoReturn:
 
 @dataclass(frozen=True)
 class StateDocument:
-    """A parsed state document.
+    """A parsed state document: what a ``StateStore`` loads and saves.
 
-    ``entries`` is the ``state`` object; ``extra`` holds every other top-level
-    field, kept only so it can be written back unchanged.
+    ``entries`` is the ``state`` object, parsed into ``StateEntry`` objects; ``extra`` holds
+    every other top-level field, kept only so it can be written back unchanged.
     """
 
     entries: StateEntries = field(default_factory=dict)
@@ -336,7 +469,7 @@ class StateDocument:
         """A document with no entries, as used for a store that holds nothing yet."""
         return cls(entries={}, extra={})
 
-    def merged(self, updates: StateEntries) -> StateDocument:
+    def merged(self, updates: Mapping[str, StateEntry]) -> StateDocument:
         """A new document with ``updates`` applied under the merge rule."""
         return StateDocument(
             entries=merge_entries(self.entries, updates), extra=copy.deepcopy(self.extra)
@@ -353,7 +486,8 @@ class StateDocument:
             ValueError: a value is NaN or infinite.
             TypeError: a value is not representable in JSON.
         """
-        return _encode({**self.extra, STATE_KEY: self.entries}, indent=None if compact else 2)
+        state = {key: entry._json_view() for key, entry in self.entries.items()}
+        return _encode({**self.extra, STATE_KEY: state}, indent=None if compact else 2)
 
     @classmethod
     def from_json_bytes(

@@ -12,7 +12,16 @@ import math
 import random
 import time
 
-__all__ = ["DEFAULT_RETRY_BUDGET", "UNREACHABLE_ATTEMPTS", "RetryClock", "check_budget"]
+__all__ = [
+    "DEFAULT_RETRY_BUDGET",
+    "DEFAULT_TIMEOUT",
+    "UNREACHABLE_ATTEMPTS",
+    "RetryClock",
+    "check_budget",
+]
+
+DEFAULT_TIMEOUT = 30.0
+"""Seconds one request of a network store may take (the connection gets at most 10 of them)."""
 
 DEFAULT_RETRY_BUDGET = 120.0
 """Seconds a call keeps retrying throttling, server errors or lost races before giving up."""

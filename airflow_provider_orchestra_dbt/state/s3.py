@@ -16,7 +16,8 @@ is given up on after a few attempts of ``timeout`` seconds each.
 
 boto3 is imported inside the methods that need it: this module is imported
 while Airflow parses DAG files, and importing boto3 there would slow down
-every parse for DAGs that never touch S3.
+every parse for DAGs that never touch S3. It comes with the ``s3`` extra; a store built
+without it says which extra to install.
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ from typing import Any
 from airflow_provider_orchestra_dbt.state.errors import (
     StateConflictError,
     StateError,
+    require_extra,
 )
 from airflow_provider_orchestra_dbt.state.lease import LEASE_DIR, LeaseUnavailable
 from airflow_provider_orchestra_dbt.state.model import (
+    EntryUpdates,
     StateDocument,
-    StateEntries,
     validate_update,
 )
 from airflow_provider_orchestra_dbt.state.retry import (
     DEFAULT_RETRY_BUDGET,
+    DEFAULT_TIMEOUT,
     UNREACHABLE_ATTEMPTS,
     RetryClock,
     check_budget,
@@ -49,10 +52,7 @@ from airflow_provider_orchestra_dbt.state.secrets import (
     url_credentials,
 )
 
-__all__ = ["DEFAULT_RETRY_BUDGET", "DEFAULT_TIMEOUT", "S3StateStore"]
-
-DEFAULT_TIMEOUT = 30.0
-"""Seconds to connect (at most 10) and, separately, for each read of an answer."""
+__all__ = ["DEFAULT_RETRY_BUDGET", "DEFAULT_TIMEOUT", "S3StateStore", "split_s3_uri"]
 
 # Backoff between conflicting rounds: the first retry comes quickly because
 # most conflicts are two tasks finishing at nearly the same moment; the cap
@@ -155,6 +155,7 @@ class S3StateStore:
                 f"{self._where()}: a session token was given without an access key id"
                 " and secret access key"
             )
+        require_extra(self._where(), "s3", "boto3", "botocore")
 
     @classmethod
     def from_uri(cls, uri: str, **kwargs: Any) -> S3StateStore:
@@ -165,18 +166,10 @@ class S3StateStore:
         """
         label = kwargs.get("label", "")
         prefix = f"{label}: " if label else ""
-        # Parsed by hand rather than with urllib: '?' and '#' are legal in S3
-        # keys and a URL parser would cut the key short at them.
-        if not uri.lower().startswith(_URI_SCHEME):
-            raise StateError(f"{prefix}state URI {uri!r} is not an s3://bucket/key URI")
-        bucket, _, key = uri[len(_URI_SCHEME) :].partition("/")
-        if not bucket:
-            raise StateError(f"{prefix}state URI {uri!r} does not name a bucket")
-        if not key or key.endswith("/"):
-            raise StateError(
-                f"{prefix}state URI {uri!r} does not name an object key"
-                " (expected s3://bucket/path/to/state.json)"
-            )
+        try:
+            bucket, key = split_s3_uri(uri)
+        except ValueError as exc:
+            raise StateError(f"{prefix}state URI {uri!r} {exc}") from exc
         return cls(bucket, key, **kwargs)
 
     @property
@@ -227,7 +220,7 @@ class S3StateStore:
             document, _ = self._read()
         return document
 
-    def save(self, updates: StateEntries) -> StateDocument:
+    def save(self, updates: EntryUpdates) -> StateDocument:
         """Merge ``updates`` into the object with a conditional write, retrying on conflict.
 
         Raises:
@@ -237,14 +230,14 @@ class S3StateStore:
                 round until the retry budget (or ``max_attempts``) ran out.
             StateError: the object could not be read or written.
         """
-        validate_update(updates, origin=f"state update for {self.description}")
+        entries = validate_update(updates, origin=f"state update for {self.description}")
 
         with self._deadline() as clock:
             attempt = 0
             while True:
                 attempt += 1
                 current, etag = self._read()
-                merged = current.merged(updates)
+                merged = current.merged(entries)
                 if etag is not None and merged == current:
                     # Nothing would change (e.g. every update is older than what is
                     # stored); skipping the write is equivalent to winning it.
@@ -280,6 +273,7 @@ class S3StateStore:
             try:
                 self._get_client().head_bucket(Bucket=self._bucket)
             except (BotoCoreError, ClientError) as exc:
+                # from None: botocore's text may quote endpoint credentials (see _redact).
                 raise self._error("cannot check the bucket", exc) from None
         return f"no state object yet at {self.uri}; bucket reachable"
 
@@ -297,6 +291,7 @@ class S3StateStore:
                     Bucket=self._bucket, Key=key, Body=body, ContentType=content_type
                 )
         except (BotoCoreError, ClientError) as exc:
+            # from None: botocore's text may quote endpoint credentials (see _redact).
             raise self._error(f"cannot write {_URI_SCHEME}{self._bucket}/{key}", exc) from None
 
     def read_object(self, key: str) -> bytes | None:
@@ -314,6 +309,7 @@ class S3StateStore:
         except (BotoCoreError, ClientError) as exc:
             if _error_code(exc) in _NO_SUCH_KEY_CODES:
                 return None
+            # from None: botocore's text may quote endpoint credentials (see _redact).
             raise self._error(f"cannot read {_URI_SCHEME}{self._bucket}/{key}", exc) from None
         return data
 
@@ -344,6 +340,7 @@ class S3StateStore:
             if _error_code(exc) in _NO_SUCH_KEY_CODES:
                 return None, None
             action = f"cannot read the lease {self.lease_location(name)}"
+            # from None: botocore's text may quote endpoint credentials (see _redact).
             raise self._lease_error(action, exc) from None
         return data, str(response["ETag"])
 
@@ -372,6 +369,7 @@ class S3StateStore:
             if code in _CONFLICT_CODES or (version is not None and code in _NO_SUCH_KEY_CODES):
                 return None
             action = f"cannot write the lease {self.lease_location(name)}"
+            # from None: botocore's text may quote endpoint credentials (see _redact).
             raise self._lease_error(action, exc) from None
         return str(response["ETag"])
 
@@ -405,6 +403,7 @@ class S3StateStore:
         except (BotoCoreError, ClientError) as exc:
             if _error_code(exc) in _NO_SUCH_KEY_CODES:
                 return StateDocument.empty(), None
+            # from None: botocore's text may quote endpoint credentials (see _redact).
             raise self._error("cannot read state", exc) from None
         etag: str = response["ETag"]
         return StateDocument.from_json_bytes(data, origin=self.description), etag
@@ -431,6 +430,7 @@ class S3StateStore:
             # we read it: the next round sees it missing and creates it.
             if code in _CONFLICT_CODES or (etag is not None and code in _NO_SUCH_KEY_CODES):
                 return False
+            # from None: botocore's text may quote endpoint credentials (see _redact).
             raise self._error("cannot write state", exc) from None
         return True
 
@@ -505,6 +505,7 @@ class S3StateStore:
             )
             return session.client("s3", endpoint_url=self._endpoint_url, config=Config(**options))
         except (BotoCoreError, ValueError) as exc:
+            # from None: botocore's text may quote endpoint credentials (see _redact).
             raise self._error("cannot create the S3 client", exc) from None
 
     def _where(self) -> str:
@@ -577,6 +578,26 @@ class S3StateStore:
             text,
             (self._secret_access_key, self._session_token, *url_credentials(self._endpoint_url)),
         )
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """The bucket and the object key of ``s3://bucket/path/to/key.json``.
+
+    Parsed by hand rather than with urllib: '?' and '#' are legal in S3 keys and a URL parser
+    would cut the key short at them. The scheme may be in any case.
+
+    Raises:
+        ValueError: ``uri`` is not an ``s3://`` URI naming a bucket and an object key; the
+            message says what is wrong, worded to follow the quoted URI.
+    """
+    if not uri.lower().startswith(_URI_SCHEME):
+        raise ValueError("is not an s3://bucket/key URI")
+    bucket, _, key = uri[len(_URI_SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError("does not name a bucket")
+    if not key or key.endswith("/"):
+        raise ValueError("does not name an object key (expected s3://bucket/path/to/state.json)")
+    return bucket, key
 
 
 def _error_code(exc: BaseException) -> str | None:

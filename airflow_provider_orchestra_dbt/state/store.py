@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from airflow_provider_orchestra_dbt.state.model import StateDocument, StateEntries
+from airflow_provider_orchestra_dbt.state.model import EntryUpdates, StateDocument
 
 __all__ = ["LeaseStore", "StateStore"]
 
@@ -35,8 +35,10 @@ class StateStore(Protocol):
         """
         ...
 
-    def save(self, updates: StateEntries) -> StateDocument:
+    def save(self, updates: EntryUpdates) -> StateDocument:
         """Merge ``updates`` into the document as currently stored and persist it.
+
+        ``updates`` are ``StateEntry`` objects or entries in their JSON form (validated).
 
         The merge follows ``merge_entries``: per key the newer ``last_updated``
         wins and an update never replaces a newer stored entry. Implementations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -227,10 +226,3 @@ class WorkerProcess:
         if tail:
             message += f"; its last output:\n{tail}"
         return WorkerError(stage, message, code)
-
-
-def worker_logger_sink(logger: logging.Logger) -> Callable[[str], None]:
-    def sink(line: str) -> None:
-        logger.info("dbt | %s", line)
-
-    return sink

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# The protocols this parent speaks. A worker of another kind (e.g. a dbt 2 worker reading
-# dbt's JSON logs) announces its own number; the planner never sees the difference.
-SUPPORTED_PROTOCOLS = frozenset({1})
+# The worker is started by path and imports nothing of this package, so the number lives in
+# its file; this parent sends the same number in "start" and accepts only a hello announcing it.
+from airflow_provider_orchestra_dbt.worker.dbt_worker import PROTOCOL_VERSION
+
 OLDEST_DBT = (1, 10)
 # The newest minor tested; a newer 1.x runs with a warning (dbt keeps 1.x compatible).
 NEWEST_TESTED_DBT = (1, 12)
@@ -28,14 +29,13 @@ class IncompatibleWorker(Exception):
 
 @dataclass(frozen=True)
 class WorkerHello:
+    """The worker's first message: its protocol and kind, its python and the dbt it found."""
+
     protocol: int
     worker: str
     python: str
     dbt_distribution: str | None
     dbt_version: str | None
-    # Optional requests the worker serves (e.g. ``warehouse_lock``); a worker kind that
-    # cannot serve one leaves it out, and the parent goes on without it.
-    capabilities: frozenset[str] = frozenset()
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> WorkerHello:
@@ -45,7 +45,6 @@ class WorkerHello:
             python=str(message.get("python", "")),
             dbt_distribution=message.get("dbt_distribution"),
             dbt_version=message.get("dbt_version"),
-            capabilities=frozenset(map(str, message.get("capabilities") or ())),
         )
 
 
@@ -58,12 +57,11 @@ def _release(version: str) -> tuple[int, int]:
 
 def check_worker(hello: WorkerHello) -> str | None:
     """Raise IncompatibleWorker with what to do, or return a warning (or None) and go on."""
-    if hello.protocol not in SUPPORTED_PROTOCOLS:
+    if hello.protocol != PROTOCOL_VERSION:
         raise IncompatibleWorker(
             f"the dbt worker ({hello.worker or 'unknown kind'}, python {hello.python}) speaks "
-            f"protocol {hello.protocol}, this provider speaks "
-            f"{', '.join(map(str, sorted(SUPPORTED_PROTOCOLS)))}: install the same "
-            "airflow-provider-orchestra-dbt version where the worker runs"
+            f"protocol {hello.protocol}, this provider speaks {PROTOCOL_VERSION}: install the "
+            "same airflow-provider-orchestra-dbt version where the worker runs"
         )
     if hello.dbt_version is None:
         return None  # nothing installed: the worker's import reports it in dbt's own words

@@ -58,7 +58,10 @@ SELECTABLE_TYPES = {"model", "seed", "snapshot", "test", "unit_test", "source"}
 _MEASURE_ONLY_DAYS = 1_000_000
 
 
-class WorkerError(Exception):
+class StageError(Exception):
+    """A failure at a named stage of the worker's run, reported to the parent as an ``error``
+    message before the worker exits 2 (the parent raises its own ``WorkerError`` from it)."""
+
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(message)
         self.stage = stage
@@ -93,7 +96,7 @@ class Channel:
     def receive(self) -> dict[str, Any]:
         line = self._inp.readline()
         if not line:
-            raise WorkerError("protocol", "the parent closed the request stream")
+            raise StageError("protocol", "the parent closed the request stream")
         message: dict[str, Any] = json.loads(line)
         return message
 
@@ -106,7 +109,7 @@ def _take_over_stdout() -> TextIO:
     return io.TextIOWrapper(os.fdopen(protocol_fd, "wb"), encoding="utf-8", write_through=True)
 
 
-class DbtSession:
+class ManifestSession:
     """One parse, then selection, probes and execution against the same in-memory manifest."""
 
     def __init__(self, request: dict[str, Any], channel: Channel) -> None:
@@ -150,7 +153,7 @@ class DbtSession:
     def _invoke(self, stage: str, args: list[str], callbacks: list[Any] | None = None) -> Any:
         result = self._runner(callbacks).invoke(args)
         if result.exception is not None:
-            raise WorkerError(stage, _describe_exception(result.exception))
+            raise StageError(stage, _describe_exception(result.exception))
         return result
 
     # -- parse -------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ class DbtSession:
                 if result.exception
                 else "dbt parse failed (see dbt's output above)"
             )
-            raise WorkerError("parse", message)
+            raise StageError("parse", message)
         self.manifest = result.result
         if cache_file and os.path.exists(run_copy):
             # Replace atomically: concurrent runs of the same project share this cache.
@@ -215,7 +218,7 @@ class DbtSession:
         with _silenced_stdout():
             result = self._invoke("select", args, [_EventForwarder(self.channel)])
         if not result.success:
-            raise WorkerError("select", "dbt could not resolve the selection")
+            raise StageError("select", "dbt could not resolve the selection")
         return [json.loads(line)["unique_id"] for line in result.result or []]
 
     def _selects_everything(self) -> bool:
@@ -527,6 +530,8 @@ class _EventForwarder:
 
 # meta: {orchestra_dbt: {<option>: <value>}} on a source or its table (dbt merges both into the
 # source's meta, the table winning). The only source options: name -> (type, how to write it).
+# Also decisions/volatility.py's META_NAMESPACE, spelled out because this file imports nothing
+# of the package (tests/unit/worker/test_worker_constants.py keeps the two equal).
 META_NAMESPACE = "orchestra_dbt"
 IMPLICIT_FRESHNESS = "implicit_freshness"
 SOURCE_OPTIONS: dict[str, tuple[type, str]] = {IMPLICIT_FRESHNESS: (bool, "true or false")}
@@ -1096,8 +1101,6 @@ def hello_message() -> dict[str, Any]:
         "python": sys.executable,
         "dbt_distribution": distribution,
         "dbt_version": version,
-        # Optional requests this worker serves, beyond the protocol's fixed conversation.
-        "capabilities": ["warehouse_lock"],
     }
 
 
@@ -1112,7 +1115,7 @@ def _import_dbt(channel: Channel) -> None:
     try:
         import dbt.cli.main  # noqa: F401  - fail early with a clear message
     except ImportError as exc:
-        raise WorkerError("import", f"dbt is not importable by {sys.executable}: {exc}") from exc
+        raise StageError("import", f"dbt is not importable by {sys.executable}: {exc}") from exc
     added = sorted(set(os.environ) - before)
     if not added:
         return
@@ -1137,16 +1140,16 @@ def _serve(channel: Channel) -> int:
     channel.send(hello_message())
     request = channel.receive()
     if request.get("type") != "start":
-        raise WorkerError("protocol", f"expected a start request, got {request.get('type')!r}")
+        raise StageError("protocol", f"expected a start request, got {request.get('type')!r}")
     if request.get("protocol") != PROTOCOL_VERSION:
-        raise WorkerError(
+        raise StageError(
             "protocol",
             f"the parent speaks protocol {request.get('protocol')!r}, this worker "
             f"{PROTOCOL_VERSION}: install the same airflow-provider-orchestra-dbt version in "
             "both interpreters",
         )
     os.chdir(request["project_dir"])
-    session = DbtSession(request, channel)
+    session = ManifestSession(request, channel)
     _import_dbt(channel)
     if not request.get("state_aware", True):
         result = session.passthrough()
@@ -1170,7 +1173,7 @@ def _serve(channel: Channel) -> int:
         elif kind == "finish":
             return 0
         else:
-            raise WorkerError("protocol", f"unknown request {kind!r}")
+            raise StageError("protocol", f"unknown request {kind!r}")
 
 
 def main() -> int:
@@ -1184,7 +1187,7 @@ def _converse(channel: Channel) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _serve(channel)
-    except WorkerError as exc:
+    except StageError as exc:
         channel.send({"type": "error", "stage": exc.stage, "message": exc.message})
         return 2
     except KeyboardInterrupt:
@@ -1264,13 +1267,13 @@ class WarehouseLock:
         adapter = _adapter()
         kind = adapter.type() if adapter is not None else None
         if kind not in LOCKING_ADAPTERS:
-            raise WorkerError("warehouse_lock", f"the {kind or 'unknown'} adapter keeps no lock")
+            raise StageError("warehouse_lock", f"the {kind or 'unknown'} adapter keeps no lock")
         try:
             cursor = self._cursor(adapter, application_name)
             cursor.execute("select pg_try_advisory_lock(%s), current_database()", (key,))
             locked, database = cursor.fetchone()
         except Exception as exc:  # the connection, permissions: not contention
-            raise WorkerError("warehouse_lock", _describe_exception(exc)) from exc
+            raise StageError("warehouse_lock", _describe_exception(exc)) from exc
         if locked:
             self._key = key
         return {
@@ -1289,13 +1292,13 @@ class WarehouseLock:
             cursor.execute(_LOCK_HELD_SQL, _key_halves(self._key))
             held = cursor.fetchone()[0] > 0
         except Exception as exc:
-            raise WorkerError(
+            raise StageError(
                 "warehouse_lock",
                 f"lost the connection holding the PostgreSQL advisory lock: "
                 f"{_describe_exception(exc)}",
             ) from exc
         if not held:
-            raise WorkerError("warehouse_lock", "the PostgreSQL advisory lock is no longer held")
+            raise StageError("warehouse_lock", "the PostgreSQL advisory lock is no longer held")
 
     def _cursor(self, adapter: Any, application_name: str) -> Any:
         if self._connection is None:

@@ -19,8 +19,8 @@ import pytest
 from support.tutorial import REPO, Workspace
 
 from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.locations import run_lock_path
 from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
-from airflow_provider_orchestra_dbt.execution.session import run_lock_path
 from airflow_provider_orchestra_dbt.hooks.orchestra_dbt import OrchestraDbtHook
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateError
 

@@ -19,8 +19,8 @@ from support.cli_runs import GATE, INTERVALS, in_turn, race_after_gate, started,
 from support.tutorial import TARGETS, Workspace, built, decisions, short, tree_digest
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.locations import run_lock_path
 from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
-from airflow_provider_orchestra_dbt.execution.session import run_lock_path
 
 # ``target`` feeds the ``baseline`` and ``ws`` fixtures (tests/integration/conftest.py).
 pytestmark = [pytest.mark.integration, pytest.mark.parametrize("target", TARGETS)]

@@ -26,7 +26,7 @@ from support.airflow_env import Proc, children, processes, wait_for
 from support.tutorial import Workspace, plain_dbt_build, tree_digest
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.execution.session import run_lock_path
+from airflow_provider_orchestra_dbt.execution.locations import run_lock_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc"

@@ -1,4 +1,4 @@
-"""The worker under a separate dbt virtualenv (design §3): no Airflow, no provider, same results.
+"""The worker in its own dbt virtualenv (docs/design.md §2.1): no Airflow or provider, same results.
 
 A second virtualenv gets dbt-core and dbt-duckdb at the versions of the test process (and the
 same duckdb, so both read the warehouse file alike), made with uv from its local cache. The CLI

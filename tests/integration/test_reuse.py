@@ -1,4 +1,4 @@
-"""Reuse semantics (design §4) on real dbt runs of the tutorial project, via the CLI.
+"""Reuse semantics (docs/design.md §3) on real dbt runs of the tutorial project, via the CLI.
 
 Every case runs on both targets of the tutorial profile: DuckDB and PostgreSQL (a throwaway
 local cluster, or the server named by ORCHESTRA_TEST_PG_*; see tests/support/postgres.py).

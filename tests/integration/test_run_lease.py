@@ -21,7 +21,7 @@ from support.s3_server import MotoS3Server, S3Params
 from support.tutorial import Workspace, built, decisions, short
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.execution.session import lease_name
+from airflow_provider_orchestra_dbt.execution.locations import lease_name
 from airflow_provider_orchestra_dbt.state import S3StateStore
 from airflow_provider_orchestra_dbt.state.lease import (
     LEASE_DIR,

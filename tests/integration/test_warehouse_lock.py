@@ -26,7 +26,7 @@ from support.cli_runs import CliRun, reaped
 from support.tutorial import Baseline, Workspace
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
-from airflow_provider_orchestra_dbt.execution.session import lease_name
+from airflow_provider_orchestra_dbt.execution.locations import lease_name
 from airflow_provider_orchestra_dbt.execution.warehouse_lock import advisory_lock_key
 
 pytestmark = pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from support.synthetic_graph import (
     M1,
@@ -29,11 +30,18 @@ from airflow_provider_orchestra_dbt.decisions.planner import (
     failed_checksum,
     plan,
 )
+from airflow_provider_orchestra_dbt.state.model import EntryStatus, StateEntries, StateEntry
+
+
+def entries(state: dict[str, dict[str, Any]]) -> StateEntries:
+    """JSON state as a store loads it: parsed."""
+    return {k: StateEntry.from_json(e) for k, e in state.items()}
+
 
 LOADED_NEW = NOW - timedelta(minutes=5)
 
 
-def run(results: dict[str, str], command: str = "build") -> dict[str, dict]:
+def run(results: dict[str, str], command: str = "build") -> StateEntries:
     graph = base_graph()
     probe = Probe(
         {SRC_A: SourceFreshness(LOADED_NEW), SRC_B: SourceFreshness(None, "no loaded_at_field")},
@@ -50,11 +58,11 @@ def run(results: dict[str, str], command: str = "build") -> dict[str, dict]:
 def test_built_nodes_record_consumed_freshness_and_upstream_times() -> None:
     updates = run({STG: "success", M1: "success", M2: "success", SEED: "success", T_M1: "pass"})
     stg = updates[key(STG)]
-    assert stg["sources"] == {SRC_A: LOADED_NEW.isoformat()}
-    assert stg["status"] == "success" and stg["execution_time"] == 1.5
+    assert stg.sources == {SRC_A: LOADED_NEW.isoformat()}
+    assert stg.status is EntryStatus.SUCCESS and stg.execution_time == 1.5
     # Unknown freshness is never recorded as consumed: the next run still sees it as new.
     assert updates[key(M1)]["sources"] == {}
-    assert updates[key(M1)]["upstream"] == {key(STG): stg["last_updated"]}
+    assert updates[key(M1)].upstream == {key(STG): stg.last_updated}
     assert set(updates[key(M2)]["upstream"]) == {key(M1), key(SEED)}
 
 
@@ -84,7 +92,7 @@ def test_interrupted_run_records_only_what_finished() -> None:
 def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rewrite() -> None:
     """Built seed and reused m1 both fail span_m1_s1; another tool then drops our fields."""
     graph = base_graph()
-    state = clean_state(graph)
+    state = entries(clean_state(graph))
     fps = fingerprints({SEED: "code"})
     options = PlanOptions(now=NOW)
     probe = fresh_probe()
@@ -101,10 +109,12 @@ def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rew
     assert failed_checksum(updates[key(M1)]["checksum"]) == updates[key(M1)]["checksum"]
 
     # dbt-orchestra rewrites every entry with only the fields it knows.
-    stripped = {
-        k: {f: e[f] for f in ("checksum", "last_updated", "sources")}
-        for k, e in {**state, **updates}.items()
-    }
+    stripped = entries(
+        {
+            k: {f: e[f] for f in ("checksum", "last_updated", "sources")}
+            for k, e in {**state, **updates}.items()
+        }
+    )
     again = plan(graph, [SEED, M1], stripped, fps, probe, options).by_id
     for uid in (SEED, M1):
         assert again[uid].builds
@@ -121,7 +131,7 @@ def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rew
 def test_a_test_command_failure_marks_the_tested_node_too() -> None:
     """`test` plans no node of its own: its failures still reach the tested node's entry."""
     graph = base_graph()
-    state = clean_state(graph)
+    state = entries(clean_state(graph))
     options = PlanOptions(now=NOW, command="test")
     probe = fresh_probe()
     the_plan = plan(graph, [T_M1], state, fingerprints(), probe, options)
@@ -130,7 +140,7 @@ def test_a_test_command_failure_marks_the_tested_node_too() -> None:
     updates = state_updates(graph, the_plan, results, state, probe).updates
     assert set(updates) == {key(M1)}
     assert updates[key(M1)]["status"] == "test_failed"
-    assert updates[key(M1)]["last_updated"] == state[key(M1)]["last_updated"]
+    assert updates[key(M1)].last_updated == state[key(M1)].last_updated
     after = plan(graph, [M1], {**state, **updates}, fingerprints(), probe, PlanOptions(now=NOW))
     assert after.by_id[M1].builds
 

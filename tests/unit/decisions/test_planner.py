@@ -1,4 +1,4 @@
-"""The reuse rules of design §4, one or more table rows per rule, asserting the reason text."""
+"""The reuse rules (docs/design.md §3), one or more table rows per rule, asserting the reasons."""
 
 from __future__ import annotations
 
@@ -37,6 +37,12 @@ from airflow_provider_orchestra_dbt.decisions.planner import (
     plan,
     probe_targets,
 )
+from airflow_provider_orchestra_dbt.state.model import StateEntries, StateEntry
+
+
+def entries(state: dict[str, dict[str, Any]]) -> StateEntries:
+    """The test's JSON state as the planner gets it: parsed, as a store loads it."""
+    return {k: StateEntry.from_json(e) for k, e in state.items()}
 
 
 @dataclass
@@ -211,7 +217,7 @@ CASES = [
     Case(
         "rule 3: an entry with no parts recorded",
         {M1: (B, "code changed (code fingerprint differs from state)")},
-        mutate_state=_set(M1, checksum="orc", checksum_parts=None),
+        mutate_state=_set(M1, checksum="orc", checksum_parts={}),
     ),
     # Rule 4: relation exists.
     Case(
@@ -340,7 +346,9 @@ def test_rule(case: Case) -> None:
     graph = case.graph()
     state = clean_state(graph)
     case.mutate_state(state)
-    result = plan(graph, case.selected, state, fingerprints(case.changed), case.probe, case.options)
+    result = plan(
+        graph, case.selected, entries(state), fingerprints(case.changed), case.probe, case.options
+    )
     by_id = result.by_id
     for uid, (action, reason) in case.expect.items():
         decision = by_id[uid]
@@ -385,11 +393,11 @@ def test_with_an_integration_account_orc_keys_are_account_and_relation_name() ->
     probe = fresh_probe()
     assert all(
         d.reason.startswith("up to date")
-        for d in plan(graph, [M2], state, fingerprints(), probe, options).decisions
+        for d in plan(graph, [M2], entries(state), fingerprints(), probe, options).decisions
     )
 
     state['acct."db"."main"."m1"'] = {"checksum": "orc", "last_updated": iso(NOW), "sources": {}}
-    (decision,) = plan(graph, [M2], state, fingerprints(), probe, options).decisions
+    (decision,) = plan(graph, [M2], entries(state), fingerprints(), probe, options).decisions
     assert decision.reason == (
         f"upstream m1 was rebuilt by another tool at {iso(NOW)} "
         '(state entry acct."db"."main"."m1") after this node was built'
@@ -444,7 +452,8 @@ def test_volatile_nodes(
     state = clean_state(graph)
     state[key(M1)]["last_updated"] = iso(built_at)
     state[key(M2)]["upstream"][key(M1)] = iso(built_at)
-    by_id = plan(graph, [M1, M2], state, fingerprints(), fresh_probe(), PlanOptions(now=NOW)).by_id
+    options = PlanOptions(now=NOW)
+    by_id = plan(graph, [M1, M2], entries(state), fingerprints(), fresh_probe(), options).by_id
     assert (by_id[M1].action, by_id[M1].reason) == m1
     assert by_id[M2].action == m2[0]
     assert by_id[M2].reason.startswith(m2[1]), by_id[M2].reason
@@ -452,6 +461,7 @@ def test_volatile_nodes(
 
 def test_a_code_change_is_named_before_volatility() -> None:
     graph = _m1_with(raw_code="select current_date as d")
-    result = plan(graph, [M1], clean_state(graph), fingerprints({M1: "code"}), fresh_probe(),
+    state = entries(clean_state(graph))
+    result = plan(graph, [M1], state, fingerprints({M1: "code"}), fresh_probe(),
                   PlanOptions(now=NOW))  # fmt: skip
     assert result.by_id[M1].reason == "code changed (code)"

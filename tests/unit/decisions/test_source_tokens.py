@@ -40,7 +40,11 @@ from airflow_provider_orchestra_dbt.decisions.planner import (
     plan,
 )
 from airflow_provider_orchestra_dbt.state.errors import StateFormatError
-from airflow_provider_orchestra_dbt.state.model import validate_entries
+from airflow_provider_orchestra_dbt.state.model import (
+    StateEntry,
+    entries_to_json,
+    validate_entries,
+)
 from airflow_provider_orchestra_dbt.worker import dbt_worker as worker
 
 
@@ -53,8 +57,9 @@ def decide(source_a: SourceFreshness, **entry_fields: Any) -> tuple[Action, str]
     graph = base_graph()
     state = clean_state(graph)
     state[key(STG)].update(entry_fields)
+    parsed = {k: StateEntry.from_json(e) for k, e in state.items()}
     probe = Probe({SRC_A: source_a, SRC_B: SourceFreshness(LOADED)}, {})
-    decision = plan(graph, [STG], state, fingerprints(), probe, PlanOptions(now=NOW)).by_id[STG]
+    decision = plan(graph, [STG], parsed, fingerprints(), probe, PlanOptions(now=NOW)).by_id[STG]
     return decision.action, decision.reason
 
 
@@ -149,10 +154,11 @@ def test_built_nodes_record_tokens_apart_from_timestamps() -> None:
     results = {u: NodeResult(u, "success", 1.0, NOW.isoformat()) for u in (STG, M1)}
     updates = state_updates(graph, the_plan, results, {}, probe).updates
     stg, m1 = updates[key(STG)], updates[key(M1)]
-    assert (stg["sources"], stg["source_tokens"]) == ({}, {SRC_A: "postgres_stats:t1"})
+    assert (stg.sources, stg.source_tokens) == ({}, {SRC_A: "postgres_stats:t1"})
     # Written even when empty, so a merge cannot keep a stale token under a new entry.
-    assert (m1["sources"], m1["source_tokens"]) == ({SRC_B: LOADED.isoformat()}, {})
-    validate_entries(updates, origin="test")
+    assert (m1.sources, m1.source_tokens) == ({SRC_B: LOADED.isoformat()}, {})
+    assert entries_to_json(updates)[key(M1)]["source_tokens"] == {}
+    validate_entries(entries_to_json(updates), origin="test")
 
 
 def test_state_rejects_source_tokens_that_are_not_strings() -> None:

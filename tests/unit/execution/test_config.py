@@ -78,3 +78,15 @@ def test_parse_vars_accepts_json_yaml_and_empty() -> None:
     assert parse_vars('{"a": 1}') == {"a": 1}
     assert parse_vars("a: 1") == {"a": 1}
     assert parse_vars("") == {} and parse_vars(None) == {}
+
+
+def test_create_takes_each_declared_option_and_none_means_its_default(project: Path) -> None:
+    config = DbtRunConfig.create(project_dir=project, reuse=None, command=None, full_refresh="no")
+    assert config.reuse is True and config.command == "build" and config.full_refresh is False
+    assert DbtRunConfig.create(project_dir=project, reuse="false").reuse is False
+    with pytest.raises(ConfigError, match="reuse must be true or false, got 'maybe'"):
+        DbtRunConfig.create(project_dir=project, reuse="maybe")
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['thread'\]"):
+        DbtRunConfig.create(project_dir=project, thread=4)
+    with pytest.raises(TypeError, match="missing argument 'project_dir'"):
+        DbtRunConfig.create(target="dev")

@@ -21,13 +21,14 @@ import pytest
 from support.log_lines import Lines
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.locations import run_lock_path
 from airflow_provider_orchestra_dbt.execution.run_lock import (
     Holder,
     RunLock,
     RunLockError,
     RunLockStopped,
 )
-from airflow_provider_orchestra_dbt.execution.session import DbtRunError, DbtSession, run_lock_path
+from airflow_provider_orchestra_dbt.execution.session import DbtRunError, DbtSession
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore
 
 WHAT = "dbt project /p (target 'dev')"

@@ -692,3 +692,24 @@ def test_redact_masks_encoded_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     config = OrchestraDbtHook(conn_id).config
     text = f"{json.dumps(SYMBOL_KEY)} {quote(SYMBOL_SECRET, safe='')} {SYMBOL_KEY!r}"
     assert config.redact(text) == "\"***\" *** '***'"
+
+
+def test_the_form_offers_the_defaults_and_environments_the_stores_use() -> None:
+    from airflow_provider_orchestra_dbt import get_provider_info as form
+    from airflow_provider_orchestra_dbt.state import http, retry
+
+    assert tuple(form.ORCHESTRA_ENVS) == http.ORCHESTRA_ENVS
+    assert float(form.DEFAULT_TIMEOUT_SECONDS) == retry.DEFAULT_TIMEOUT
+    assert float(form.DEFAULT_RETRY_BUDGET_SECONDS) == retry.DEFAULT_RETRY_BUDGET
+    assert StateConnectionConfig(conn_id="c").timeout == retry.DEFAULT_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "state_uri", ["s3://bucket/dbt/state.json", "S3://bucket/k", "s3://b/a?b#c.json"]
+)
+def test_the_hook_takes_every_s3_uri_the_store_takes(
+    monkeypatch: pytest.MonkeyPatch, state_uri: str
+) -> None:
+    conn_id = set_conn(monkeypatch, "orch_s3_any", {"backend": "s3", "state_uri": state_uri})
+    store = OrchestraDbtHook(conn_id).get_state_store()
+    assert store.description.startswith("S3 object s3://b")

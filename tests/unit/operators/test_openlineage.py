@@ -9,6 +9,7 @@ from support.synthetic_graph import M1, M2, NOW, SEED, STG, base_graph, fingerpr
 
 from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult
 from airflow_provider_orchestra_dbt.decisions.planner import PlanOptions, plan
+from airflow_provider_orchestra_dbt.operators.options import DbtTaskOutputs
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtOperator
 from airflow_provider_orchestra_dbt.presentation.report import RunReport
 
@@ -19,7 +20,9 @@ def operator(tmp_path: Path) -> OrchestraDbtOperator:
     (tmp_path / "profiles.yml").write_text(
         "prof:\n  target: pg\n  outputs:\n    pg: {type: postgres, host: wh.example, port: 5432}\n"
     )
-    return OrchestraDbtOperator(task_id="dbt", project_dir=tmp_path, emit_assets=False)
+    return OrchestraDbtOperator(
+        task_id="dbt", project_dir=tmp_path, outputs=DbtTaskOutputs(emit_assets=False)
+    )
 
 
 def report_building(*built: str) -> RunReport:

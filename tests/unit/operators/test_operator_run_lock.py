@@ -11,8 +11,9 @@ import pytest
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.locations import run_lock_path
 from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
-from airflow_provider_orchestra_dbt.execution.session import run_lock_path
+from airflow_provider_orchestra_dbt.operators.options import DbtExecutionOptions, DbtTaskOutputs
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtOperator
 
 
@@ -28,11 +29,13 @@ def test_target_path_is_rendered_per_run(project: Path, tmp_path: Path) -> None:
     op = OrchestraDbtOperator(
         task_id="dbt",
         project_dir=project,
-        target_path=f"{tmp_path}/artifacts/{{{{ run_id }}}}",
-        emit_assets=False,
+        execution=DbtExecutionOptions(target_path=f"{tmp_path}/artifacts/{{{{ run_id }}}}"),
+        outputs=DbtTaskOutputs(emit_assets=False),
     )
-    op.render_template_fields({"run_id": "manual__1"})  # type: ignore[arg-type]
-    assert op.target_path == f"{tmp_path}/artifacts/manual__1"
+    running = op.prepare_for_execution()
+    running.render_template_fields({"run_id": "manual__1"})  # type: ignore[arg-type]
+    assert running.execution.target_path == f"{tmp_path}/artifacts/manual__1"
+    assert op.execution.target_path.endswith("{{ run_id }}"), "the DAG's operator keeps it"
 
 
 def test_lock_timeout_zero_fails_the_task_at_once_naming_the_holder(
@@ -41,7 +44,11 @@ def test_lock_timeout_zero_fails_the_task_at_once_naming_the_holder(
     monkeypatch.setenv("ORCHESTRA_DBT_STATE_FILE", str(tmp_path / "state.json"))
     # `seed` passes through: it takes the lock before starting dbt, so no dbt is needed here.
     op = OrchestraDbtOperator(
-        task_id="dbt", project_dir=project, command="seed", lock_timeout=0, emit_assets=False
+        task_id="dbt",
+        project_dir=project,
+        command="seed",
+        execution=DbtExecutionOptions(lock_timeout=0),
+        outputs=DbtTaskOutputs(emit_assets=False),
     )
     ti = SimpleNamespace(dag_id="d", run_id="r", task_id="dbt", try_number=1, map_index=-1)
     path = run_lock_path(DbtRunConfig.create(project_dir=project))

@@ -39,7 +39,7 @@ def test_extra_link_of_a_written_picture_is_served_by_the_plugin(
         map_index=map_index,
         xcom_push=lambda key, value: pushed.__setitem__(key, value),
     )
-    operator = mock.Mock(picture_dir=None, picture_base_url=None)
+    operator = mock.Mock(outputs=mock.Mock(picture_dir=None, picture_base_url=None))
     operator._upload_picture.return_value = None  # state not on S3
 
     def write_run_html(report: Any, path: Path, title: str) -> Path:

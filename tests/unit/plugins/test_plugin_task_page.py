@@ -22,6 +22,7 @@ from airflow_provider_orchestra_dbt.plugins.paths import (
     remote_picture_key,
 )
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore
+from airflow_provider_orchestra_dbt.state.model import StateEntry
 from airflow_provider_orchestra_dbt.state.s3 import S3StateStore
 
 Bearer = Callable[..., dict[str, str]]
@@ -30,13 +31,16 @@ BUILT_AT = "2026-02-03T04:05:06+00:00"
 PAGE = f"{URL_PREFIX}/reuse/dags/shop/tasks/dbt_build"
 
 
-def _entry(**fields: Any) -> dict[str, Any]:
-    return {
-        "checksum": "c",
-        "last_updated": BUILT_AT,
-        "sources": {"source.shop.raw.orders": "2026-02-03T00:00:00+00:00"},
-        "status": "success",
-    } | fields
+def _entry(**fields: Any) -> StateEntry:
+    return StateEntry.from_json(
+        {
+            "checksum": "c",
+            "last_updated": BUILT_AT,
+            "sources": {"source.shop.raw.orders": "2026-02-03T00:00:00+00:00"},
+            "status": "success",
+        }
+        | fields
+    )
 
 
 def _detail(name: str, **fields: Any) -> dict[str, Any]:
@@ -66,7 +70,7 @@ def _detail(name: str, **fields: Any) -> dict[str, Any]:
     ],
 )
 def test_next_run_says_what_state_implies(
-    entry: dict[str, Any] | None, detail: dict[str, Any], expected: str
+    entry: StateEntry | None, detail: dict[str, Any], expected: str
 ) -> None:
     assert next_run(entry, detail).startswith(expected)
 
@@ -78,7 +82,7 @@ def test_model_rows_join_details_and_state_and_leave_tests_out() -> None:
         _detail("new_model", decision="build", reason="no state recorded", outcome="built"),
     ]
     many = {f"source.shop.raw.t{i}": None for i in range(5)}
-    rows = model_states(details, {"db.main.orders": _entry(), "db.main.new_model": {}})
+    rows = model_states(details, {"db.main.orders": _entry()})
     assert [r.unique_id for r in rows] == ["model.shop.orders", "model.shop.new_model"]
     assert rows[0].last_built == BUILT_AT
     assert rows[0].consumed == "raw.orders (up to 2026-02-03T00:00:00+00:00)"

@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from support.log_lines import Lines
 
+from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult
 from airflow_provider_orchestra_dbt.decisions.planner import Action, Decision
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.executor import NodeFinished, NodeStarted
 from airflow_provider_orchestra_dbt.execution.session import DbtSession
 from airflow_provider_orchestra_dbt.presentation.report import (
     ExecutionProgress,
@@ -18,10 +20,11 @@ from airflow_provider_orchestra_dbt.presentation.report import (
     finished_node_line,
     recorded_execution_times,
 )
+from airflow_provider_orchestra_dbt.state.model import StateEntry
 
 
-def event(uid: str = "model.p.a", status: str = "success", **extra: Any) -> dict[str, Any]:
-    return {"type": "node_finished", "unique_id": uid, "status": status, **extra}
+def event(uid: str = "model.p.a", status: str = "success", **extra: Any) -> NodeResult:
+    return NodeResult(unique_id=uid, status=status, **extra)
 
 
 def test_a_line_starts_with_the_place_and_ends_with_the_time_left() -> None:
@@ -119,9 +122,9 @@ def test_recorded_times_come_from_each_nodes_state_entry() -> None:
         Decision("test.p.t", "test", Action.BUILD, "why"),
     ]
     state = {
-        "db.s.a": {"execution_time": 1.5},
-        "db.s.b": {"execution_time": None},
-        "db.s.c": {"execution_time": True},
+        "db.s.a": StateEntry("x", execution_time=1.5),
+        "db.s.b": StateEntry("x"),
+        "db.s.c": StateEntry("x", execution_time=-1.0),
     }
     assert recorded_execution_times(decisions, state) == {"model.p.a": 1.5}
 
@@ -133,8 +136,8 @@ def test_the_session_logs_each_finished_node_with_its_place(tmp_path: Path) -> N
     log = Lines()
     session = DbtSession(config, None, log)
     session._progress = ExecutionProgress.start(["model.p.a", "model.p.b"], {"model.p.b": 60.0})
-    session._on_event({"type": "node_start", "unique_id": "model.p.a"})
-    session._on_event(event("model.p.a", execution_time=0.5))
-    session._on_event(event("model.p.b", execution_time=0.5))
+    session._on_event(NodeStarted("model.p.a"))
+    session._on_event(NodeFinished(event("model.p.a", execution_time=0.5)))
+    session._on_event(NodeFinished(event("model.p.b", execution_time=0.5)))
     assert log.lines[0].startswith("[1/2] SUCCESS  model.p.a in 0.50s (~")
     assert log.lines[1] == "[2/2] SUCCESS  model.p.b in 0.50s"

@@ -43,6 +43,12 @@ from airflow_provider_orchestra_dbt.presentation.picture import (
     write_run_html,
 )
 from airflow_provider_orchestra_dbt.presentation.report import RunReport
+from airflow_provider_orchestra_dbt.state.model import StateEntries, StateEntry
+
+
+def parsed_clean_state(graph: Graph) -> StateEntries:
+    return {k: StateEntry.from_json(e) for k, e in clean_state(graph).items()}
+
 
 SVG = "{http://www.w3.org/2000/svg}"
 M3 = "model.p.m3"  # planned to build (its relation is missing) but never run
@@ -61,7 +67,7 @@ def mixed_report(**overrides: Any) -> RunReport:
     selected = [SEED, STG, EPH, M1, M2, M3, T_M1, T_SRC, T_SPAN]
     changed = fingerprints({STG: "code", M1: "code"})
     the_plan = plan(
-        graph, selected, clean_state(graph), changed, fresh_probe(), PlanOptions(now=NOW)
+        graph, selected, parsed_clean_state(graph), changed, fresh_probe(), PlanOptions(now=NOW)
     )
     actions = {d.unique_id: d.action for d in the_plan.decisions}
     assert actions == {
@@ -437,7 +443,7 @@ def test_dbt_test_draws_the_tested_nodes_as_context() -> None:
     the_plan = plan(
         graph,
         [T_M1, T_SRC],
-        clean_state(graph),
+        parsed_clean_state(graph),
         fingerprints(),
         fresh_probe(),
         PlanOptions(now=NOW, command="test"),

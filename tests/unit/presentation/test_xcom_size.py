@@ -1,4 +1,4 @@
-"""XCom size on a 5,000-node project (design §7): the summary stays under 64 KB whatever ran.
+"""XCom size for 5,000 nodes (docs/design.md §7): the summary stays under 64 KB whatever ran.
 
 The project is synthetic but shaped like a real one: 100 sources, 4,000 models in four layers
 with dbt-style unique_ids, and 900 tests (single-column tests and long relationships tests).
@@ -33,6 +33,7 @@ from airflow_provider_orchestra_dbt.presentation.report import (
     SUMMARY_BUDGET_BYTES,
     RunReport,
 )
+from airflow_provider_orchestra_dbt.state.model import StateEntries, StateEntry
 
 XCOM_LIMIT = 64 * 1024
 PROJECT = "big_project"
@@ -113,7 +114,7 @@ def fingerprint(uid: str) -> Fingerprint:
     return Fingerprint(f"c-{uid}", {"code": f"code-{uid}", "config": "cfg"})
 
 
-def clean_state(graph: Graph, options: PlanOptions) -> dict[str, dict[str, Any]]:
+def clean_state(graph: Graph, options: PlanOptions) -> StateEntries:
     """Every model built a day ago, having consumed all the source data there was."""
     state = {}
     for node in graph.nodes.values():
@@ -130,7 +131,7 @@ def clean_state(graph: Graph, options: PlanOptions) -> dict[str, dict[str, Any]]
             "status": "success",
             "execution_time": 12.5,
         }
-    return state
+    return {k: StateEntry.from_json(e) for k, e in state.items()}
 
 
 def probe(graph: Graph, new_data: Iterable[str] = ()) -> Probe:

@@ -20,8 +20,9 @@ import pytest
 from support.log_lines import Lines
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.locations import lease_name
 from airflow_provider_orchestra_dbt.execution.run_lock import RunLock, RunLockError, RunLockStopped
-from airflow_provider_orchestra_dbt.execution.session import DbtSession, lease_name
+from airflow_provider_orchestra_dbt.execution.session import DbtSession
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateDocument, StateError
 from airflow_provider_orchestra_dbt.state.lease import (
     LEASE_DIR,

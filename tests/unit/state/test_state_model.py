@@ -20,6 +20,7 @@ from airflow_provider_orchestra_dbt.state import (
     merge_entries,
     parse_timestamp,
 )
+from airflow_provider_orchestra_dbt.state.model import StateEntry
 
 ORIGIN = "state file /x/state.json"
 
@@ -112,7 +113,7 @@ def test_round_trip_preserves_unknown_top_level_and_entry_fields() -> None:
 
 def test_to_json_bytes_is_sorted_indented_utf8_with_trailing_newline() -> None:
     document = StateDocument(
-        entries={"b": {"checksum": "é", "last_updated": "2025-01-01T00:00:00+00:00"}},
+        entries={"b": StateEntry("é", last_updated="2025-01-01T00:00:00+00:00")},
         extra={"z": 1, "a": 2},
     )
     data = document.to_json_bytes()
@@ -125,7 +126,7 @@ def test_to_json_bytes_is_sorted_indented_utf8_with_trailing_newline() -> None:
 
 def test_compact_json_bytes_are_one_line_with_the_same_content() -> None:
     document = StateDocument(
-        entries={"b": {"checksum": "é", "last_updated": "2025-01-01T00:00:00+00:00"}},
+        entries={"b": StateEntry("é", last_updated="2025-01-01T00:00:00+00:00")},
         extra={"z": 1},
     )
     compact = document.to_json_bytes(compact=True)
@@ -244,7 +245,7 @@ def test_merged_document_keeps_extra_and_does_not_mutate_original() -> None:
         _bytes({**ORCHESTRA_DOCUMENT, "version": 1}), origin=ORIGIN
     )
     before = copy.deepcopy(document)
-    update = {"new": {"checksum": "n", "last_updated": "2025-02-01T00:00:00Z"}}
+    update = {"new": StateEntry("n", last_updated="2025-02-01T00:00:00Z")}
     merged = document.merged(update)
     assert merged.extra == {"version": 1}
     assert set(merged.entries) == {"db.sch.m", "new"}
@@ -263,6 +264,10 @@ def _entry(checksum: str, last_updated: str | None, **fields: object) -> dict[st
     if last_updated is not None:
         entry["last_updated"] = last_updated
     return entry
+
+
+def _parsed(entries: dict[str, dict[str, Any]]) -> StateEntries:
+    return {key: StateEntry.from_json(entry) for key, entry in entries.items()}
 
 
 MERGE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
@@ -291,24 +296,26 @@ MERGE_CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = 
 def test_merge_rule(
     stored: dict[str, Any], update: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    current: StateEntries = {"k": stored, "untouched": _entry("u", T0)}
-    merged = merge_entries(current, {"k": update})
-    assert merged == {"k": expected, "untouched": _entry("u", T0)}
+    current = _parsed({"k": stored, "untouched": _entry("u", T0)})
+    merged = merge_entries(current, _parsed({"k": update}))
+    assert {key: entry.to_json() for key, entry in merged.items()} == {
+        "k": expected,
+        "untouched": _entry("u", T0),
+    }
 
 
 def test_merge_adds_new_keys() -> None:
-    merged = merge_entries({"a": _entry("a", T0)}, {"b": _entry("b", T0)})
+    merged = merge_entries(_parsed({"a": _entry("a", T0)}), _parsed({"b": _entry("b", T0)}))
     assert merged == {"a": _entry("a", T0), "b": _entry("b", T0)}
 
 
 def test_merge_is_pure() -> None:
-    current: StateEntries = {"k": _entry("old", T0, sources={"s": T0})}
-    updates: StateEntries = {"k": _entry("new", T1, sources={"s": T1}), "n": _entry("n", T0)}
+    current = _parsed({"k": _entry("old", T0, sources={"s": T0})})
+    updates = _parsed({"k": _entry("new", T1, sources={"s": T1}), "n": _entry("n", T0)})
     current_before, updates_before = copy.deepcopy(current), copy.deepcopy(updates)
 
     merged = merge_entries(current, updates)
-    merged["k"]["sources"]["s"] = "mutated"
-    merged["n"]["checksum"] = "mutated"
+    merged["k"] = StateEntry("mutated")
 
     assert current == current_before
     assert updates == updates_before

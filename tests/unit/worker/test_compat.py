@@ -66,6 +66,24 @@ def test_another_protocol_is_turned_away_before_looking_at_dbt() -> None:
         check_worker(_hello("1.12.6", protocol=2))
 
 
+@pytest.mark.parametrize("protocol", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1])
+def test_a_hello_of_another_protocol_than_the_start_we_send_is_turned_away(protocol: int) -> None:
+    # The parent sends PROTOCOL_VERSION in "start"; a worker announcing another number (from
+    # another installed version of this package) is turned away before that, saying what to do.
+    with pytest.raises(IncompatibleWorker) as caught:
+        check_worker(_hello("1.12.6", protocol=protocol))
+    assert str(caught.value) == (
+        f"the dbt worker (dbt-core-python, python /opt/dbt/bin/python) speaks protocol "
+        f"{protocol}, this provider speaks {PROTOCOL_VERSION}: install the same "
+        "airflow-provider-orchestra-dbt version where the worker runs"
+    )
+
+
+def test_the_protocol_this_worker_announces_is_the_one_the_parent_accepts() -> None:
+    assert check_worker(WorkerHello.from_message(hello_message())) is None
+    assert WorkerHello.from_message({}).protocol == 0  # no number at all: turned away
+
+
 def test_no_dbt_installed_is_left_to_the_import_which_says_it_in_dbt_s_words() -> None:
     assert check_worker(_hello(None, None)) is None
 

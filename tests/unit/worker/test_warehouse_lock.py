@@ -15,8 +15,8 @@ import pytest
 from support.log_lines import Lines
 
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.locations import lease_name
 from airflow_provider_orchestra_dbt.execution.run_lock import RunLockError, RunLockStopped
-from airflow_provider_orchestra_dbt.execution.session import lease_name
 from airflow_provider_orchestra_dbt.execution.warehouse_lock import (
     LockAttempt,
     WarehouseLockUnavailable,
@@ -24,8 +24,6 @@ from airflow_provider_orchestra_dbt.execution.warehouse_lock import (
     application_name,
     wait_for_warehouse_lock,
 )
-from airflow_provider_orchestra_dbt.worker.compat import WorkerHello
-from airflow_provider_orchestra_dbt.worker.dbt_worker import hello_message
 
 WHAT = "dbt project /p (target 'pg')"
 FIRST = {
@@ -252,11 +250,6 @@ def test_a_lock_that_cannot_be_tried_fails_the_run_naming_why() -> None:
 
 
 # -- the worker's side of the conversation -----------------------------------------------------
-
-
-def test_the_worker_says_it_can_take_the_lock_and_the_parent_reads_it() -> None:
-    assert "warehouse_lock" in WorkerHello.from_message(hello_message()).capabilities
-    assert WorkerHello.from_message({"protocol": 1}).capabilities == frozenset()
 
 
 def test_a_worker_result_becomes_an_attempt() -> None:

@@ -5,6 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export UV_PYTHON_DOWNLOADS=never
+# With PYTHONDONTWRITEBYTECODE set (as on CI's machines), every process the tests start (a dbt
+# worker per run, each Airflow CLI call) compiled dbt's and Airflow's modules from source again:
+# about half the CPU of a run. Python caches bytecode for this run instead, in a temp dir of its
+# own, so nothing is written next to the sources (the tutorial must stay untouched).
+pycache=
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+  pycache=$(mktemp -d -t orchestra-dbt-pycache-XXXXXX)
+  trap 'rm -rf "$pycache"' EXIT
+  export PYTHONPYCACHEPREFIX=$pycache
+  unset PYTHONDONTWRITEBYTECODE
+fi
 command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
 uv sync --frozen --all-extras --quiet
 
@@ -46,8 +57,8 @@ uv run --frozen mypy airflow_provider_orchestra_dbt
 
 # With no arguments, three pytest sessions share the machine's two cores (they share nothing
 # else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
-#   * the unit tests, Airflow end to end, the state stores and bad input, on the newest dbt
-#     (the lock's default environment);
+#   * the unit tests, Airflow end to end (the Celery multi-worker test too), the state stores
+#     and bad input, on the newest dbt (the lock's default environment);
 #   * every other integration test (the reuse cases on DuckDB and PostgreSQL, ...), newest dbt;
 #   * the worker's unit tests and the reuse cases that read what differs between dbt
 #     versions (manifest, macros, vars, seeds, test results, build_after) on the oldest dbt
@@ -55,7 +66,9 @@ uv run --frozen mypy airflow_provider_orchestra_dbt
 #     Python the machine has. Process handling (crash safety) is the same on every dbt, and
 #     runs on the newest only.
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
-  exec uv run --frozen pytest "$@"
+  status=0
+  uv run --frozen pytest "$@" || status=$?
+  exit "$status"
 fi
 oldest_env=.venv-dbt-oldest
 oldest_python=$(uv python find 3.13 2>/dev/null \
@@ -65,11 +78,12 @@ oldest_python=$(uv python find 3.13 2>/dev/null \
 UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --python "$oldest_python" \
   --no-group dbt-newest --group dbt-oldest
 logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
+trap 'rm -rf "$logs" "$pycache"' EXIT
 
 first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
   test_connection_form.py test_dbt_python.py test_bad_input.py test_state_http.py
-  test_state_s3.py test_foreign_writers.py test_hook_backends.py test_readme_commands.py)
+  test_state_s3.py test_foreign_writers.py test_hook_backends.py test_readme_commands.py
+  test_celery_workers.py)
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!

@@ -38,8 +38,8 @@ def land(ws: Workspace) -> None:
 
 
 @pytest.fixture
-def ws(project_baselines: ProjectBaselines, target: str, tmp_path: Path) -> Workspace:
-    return project_baselines.get(target).copy_to(tmp_path / "ws")
+def ws(project_baselines: ProjectBaselines, target: str) -> Workspace:
+    return project_baselines.workspace(target)
 
 
 def code_lengths(ws: Workspace) -> dict[str, int]:

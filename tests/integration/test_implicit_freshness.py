@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import pytest
 from support.tutorial import REPO, TARGETS, ProjectBaselines, Workspace, built
@@ -41,8 +40,8 @@ def land(ws: Workspace) -> None:
 
 
 @pytest.fixture
-def ws(project_baselines: ProjectBaselines, target: str, tmp_path: Path) -> Workspace:
-    return project_baselines.get(target).copy_to(tmp_path / "ws")
+def ws(project_baselines: ProjectBaselines, target: str) -> Workspace:
+    return project_baselines.workspace(target)
 
 
 def write(ws: Workspace, *statements: str) -> None:

@@ -10,13 +10,16 @@ parent environment is dropped before ours are set.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ from support.tutorial import IGNORED, TUTORIAL, Workspace
 
 T = TypeVar("T")
 DAGS_TEST_TIMEOUT = 300.0
+# A freshly migrated SQLite metadata DB, copied by AirflowEnv.create (one migrate per session).
+_MIGRATED_DB: Path | None = None
 
 
 def tutorial_env(ws: Workspace) -> dict[str, str]:
@@ -41,8 +46,6 @@ def tutorial_env(ws: Workspace) -> dict[str, str]:
 
 def fresh_workspace(root: Path) -> Workspace:
     """A copy of the tutorial with no warehouse and no state: the very first run."""
-    import shutil
-
     ws = Workspace(root)
     shutil.copytree(TUTORIAL, ws.project, ignore=IGNORED)
     ws.warehouse.parent.mkdir(parents=True)
@@ -70,8 +73,18 @@ class AirflowEnv:
 
     @classmethod
     def create(cls, root: Path) -> AirflowEnv:
+        """A new home with a migrated metadata DB: the session's first ``db migrate`` (about
+        10 s of CPU) is kept as a template, and later homes start from a copy of it."""
+        global _MIGRATED_DB
         env = cls(root)
+        if _MIGRATED_DB is not None and _MIGRATED_DB.exists():
+            shutil.copyfile(_MIGRATED_DB, env.db_path)
+            return env
         env.airflow("db", "migrate", timeout=300).check_returncode()
+        template = Path(tempfile.mkdtemp(prefix="orchestra-dbt-tests-airflow-db-")) / "airflow.db"
+        shutil.copyfile(env.db_path, template)
+        atexit.register(shutil.rmtree, template.parent, True)
+        _MIGRATED_DB = template
         return env
 
     # -- processes -----------------------------------------------------------------------------

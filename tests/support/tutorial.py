@@ -360,6 +360,14 @@ class ProjectBaselines:
             self._built[target] = Baseline(root, pg, self.project, self.land)
         return self._built[target]
 
+    def workspace(self, target: str) -> Workspace:
+        """A fresh copy of the target's baseline, at one path per project and target for the
+        session: dbt's partial-parse cache is kept per project path, so each test's first run
+        re-parses only what it changed instead of the whole project."""
+        root = self._tmp.getbasetemp() / f"workspace-{self.project.name}-{target}"
+        shutil.rmtree(root, ignore_errors=True)
+        return self.get(target).copy_to(root)
+
     def close(self) -> None:
         for baseline in self._built.values():
             if baseline.pg:

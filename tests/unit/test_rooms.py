@@ -76,6 +76,21 @@ def _imports(path: Path) -> Iterator[tuple[int, str]]:
                 yield node.lineno, name
 
 
+def _run_fresh(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter, where nothing is imported yet."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        # ``-c`` puts the working directory first on sys.path: the package under test is there.
+        cwd=ROOT.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def violations(path: Path) -> list[str]:
     """What ``path`` imports that its room may not (empty: nothing)."""
     module = _module_name(path)
@@ -114,16 +129,7 @@ def test_the_rooms_without_airflow_load_no_airflow_module() -> None:
         "    importlib.import_module(name)\n"
         "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] == 'airflow')))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        # ``-c`` puts the working directory first on sys.path: the package under test is there.
-        cwd=ROOT.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _run_fresh(script)
     assert json.loads(done.stdout.splitlines()[-1]) == []
 
 
@@ -220,16 +226,7 @@ for build in (
         found.setdefault("errors", []).append(str(exc))
 print(json.dumps(found))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        # ``-c`` puts the working directory first on sys.path: the package under test is there.
-        cwd=ROOT.parent,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _run_fresh(script)
     assert json.loads(done.stdout.splitlines()[-1]) == {
         "entries": 0,
         "errors": [

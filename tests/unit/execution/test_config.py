@@ -9,13 +9,6 @@ import pytest
 from airflow_provider_orchestra_dbt.execution.config import ConfigError, DbtRunConfig, parse_vars
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "dbt_project.yml").write_text("name: p\n")
-    (tmp_path / "profiles.yml").write_text("p: {}\n")
-    return tmp_path
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

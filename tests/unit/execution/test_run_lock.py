@@ -218,14 +218,6 @@ def test_a_killed_holder_leaves_no_stale_lock(
 # -- in a session ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "project").mkdir()
-    (tmp_path / "project" / "dbt_project.yml").write_text("name: p\n")
-    (tmp_path / "project" / "profiles.yml").write_text("p: {}\n")
-    return tmp_path / "project"
-
-
 def test_a_session_waiting_for_the_lock_is_stopped_and_runs_nothing(
     project: Path, tmp_path: Path
 ) -> None:

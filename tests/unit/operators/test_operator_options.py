@@ -24,13 +24,6 @@ OPERATOR_FILLS = {"key_prefix", "run_info"}
 CLI_FILLS = {"command", "dry_run", "dbt_args", "env", "run_info"}
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "dbt_project.yml").write_text("name: p\n")
-    (tmp_path / "profiles.yml").write_text("p: {}\n")
-    return tmp_path
-
-
 def test_every_run_option_is_declared_once_per_config_field() -> None:
     assert [o.name for o in run_options()] == [f.name for f in fields(DbtRunConfig)]
     assert all(o.help and not o.help.endswith(".") for o in run_options())

@@ -17,14 +17,6 @@ from airflow_provider_orchestra_dbt.operators.options import DbtExecutionOptions
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt import OrchestraDbtOperator
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    (tmp_path / "project").mkdir()
-    (tmp_path / "project" / "dbt_project.yml").write_text("name: p\n")
-    (tmp_path / "project" / "profiles.yml").write_text("p: {}\n")
-    return tmp_path / "project"
-
-
 def test_target_path_is_rendered_per_run(project: Path, tmp_path: Path) -> None:
     op = OrchestraDbtOperator(
         task_id="dbt",

@@ -55,13 +55,10 @@ uv run --frozen ruff check .
 uv run --frozen ruff format --check .
 uv run --frozen mypy airflow_provider_orchestra_dbt
 
-# With no arguments, four pytest sessions share the machine's two cores (they share nothing
-# else: each has its own temp dir, warehouses and PostgreSQL cluster):
+# With no arguments, three pytest sessions share the machine's two cores (they share nothing
+# else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
 #   * the unit tests, Airflow end to end (the Celery multi-worker test too), the state stores
 #     and bad input, on the newest dbt (the lock's default environment);
-#   * processes and locks: crash safety, run locks and leases, the warehouse lock, the UI
-#     in a browser (newest dbt). They spend much of their time waiting for processes, which
-#     the other sessions fill with work;
 #   * every other integration test (the reuse cases on DuckDB and PostgreSQL, ...), newest dbt;
 #   * the worker's unit tests and the reuse cases that read what differs between dbt
 #     versions (manifest, macros, vars, seeds, test results, build_after) on the oldest dbt
@@ -90,29 +87,19 @@ first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!
-processes=(test_crash_safety.py test_warehouse_lock.py test_run_lease.py test_concurrent_runs.py
-  test_airflow_ui.py)
-uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/processes" \
-  "${processes[@]/#/tests/integration/}" >"$logs/processes.log" 2>&1 &
-processes_pid=$!
 oldest_duckdb="editing_a_macro or changing_a_var or changing_a_seed or failing_error_test"
 oldest_reuse="first_run or second_run or new_rows_in_one_source"
 oldest_reuse+=" or (duckdb and ($oldest_duckdb or build_after))"
 "$oldest_env/bin/python" -m pytest -p no:cacheprovider --durations=15 --basetemp "$logs/oldest" \
-  tests/unit/worker tests/unit/decisions tests/unit/execution tests/unit/presentation \
-  tests/integration/test_reuse.py tests/integration/test_commands.py \
-  tests/integration/test_parse_cache.py \
+  tests/unit/worker tests/unit/decisions tests/unit/execution tests/unit/presentation tests/integration/test_reuse.py \
+  tests/integration/test_commands.py tests/integration/test_parse_cache.py \
   -k "not test_reuse or $oldest_reuse" >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!
 status=0
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/second" tests/integration \
-  "${first[@]/#/--ignore=tests/integration/}" "${processes[@]/#/--ignore=tests/integration/}" \
-  || status=1
+  "${first[@]/#/--ignore=tests/integration/}" || status=1
 wait "$first_pid" || status=1
 cat "$logs/first.log"
-wait "$processes_pid" || status=1
-echo "=== processes and locks ==="
-cat "$logs/processes.log"
 wait "$oldest_pid" || status=1
 oldest_dbt=$("$oldest_env/bin/python" -c \
   'import dbt.version, sys; print(f"dbt-core {dbt.version.__version__}, Python {sys.version.split()[0]}")')

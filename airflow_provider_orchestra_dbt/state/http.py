@@ -582,8 +582,8 @@ def _detail(body: str) -> str:
 
 def _copy(document: StateDocument) -> StateDocument:
     # Callers get their own copy so that editing it cannot alter what the
-    # store remembers as the server's document.
-    return StateDocument(copy.deepcopy(document.entries), copy.deepcopy(document.extra))
+    # store remembers as the server's document (entries are immutable: shared).
+    return StateDocument(dict(document.entries), copy.deepcopy(document.extra))
 
 
 def _exception_text(exc: BaseException) -> str:

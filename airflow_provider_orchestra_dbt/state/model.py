@@ -23,7 +23,7 @@ import copy
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NoReturn
@@ -60,35 +60,55 @@ class EntryStatus(StrEnum):
     """An error-severity test failed after its last build: rebuilt on the next run."""
 
 
-@dataclass(frozen=True, eq=False)
-class StateEntry(Mapping[str, Any]):
+class StateEntry:
     """One node's entry in the state document, parsed once when the document is read.
 
-    The fields are the state format's; ``None`` means the field is absent from the JSON (a
-    validated entry never holds ``null`` in them). ``extra`` carries every field this version
-    does not know, e.g. ones a newer version or the dbt-orchestra tool writes, so they
+    The attributes are the state format's fields; ``None`` means the field is absent from the
+    JSON (a validated entry never holds ``null`` in them). ``extra`` holds every field this
+    version does not know, e.g. ones a newer version or the dbt-orchestra tool writes, so they
     survive a round trip. ``status`` is an ``EntryStatus`` when it is one of ours, else the
     string as written.
 
-    For callers not yet switched to the attributes, the entry also reads as the read-only
-    mapping of its JSON form (``entry["checksum"]``, ``entry.get("execution_time")``), and
-    compares equal to a mapping with the same JSON content.
+    An entry is immutable. It keeps its validated JSON object and reads the fields from it on
+    access: a state of many thousand entries is loaded, merged and saved on every run, and
+    building typed copies of each entry there and back cost more than the whole plan's merge
+    (design §4).
     """
 
-    checksum: str
-    last_updated: str | None = None
-    unique_id: str | None = None
-    status: EntryStatus | str | None = None
-    sources: Mapping[str, str] | None = None
-    """Source unique_id -> ISO-8601 freshness consumed (read by dbt-orchestra as well)."""
-    source_tokens: Mapping[str, str] | None = None
-    """Source unique_id -> ``"<method>:<token>"`` consumed (sources without loaded_at_field)."""
-    upstream: Mapping[str, str] | None = None
-    """Parent state key -> the parent's ``last_updated`` this node consumed."""
-    checksum_parts: Mapping[str, str] | None = None
-    execution_time: float | None = None
-    run: Mapping[str, Any] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    __slots__ = ("_json",)
+    _json: dict[str, Any]
+
+    def __init__(
+        self,
+        checksum: str,
+        *,
+        last_updated: str | None = None,
+        unique_id: str | None = None,
+        status: EntryStatus | str | None = None,
+        sources: Mapping[str, str] | None = None,
+        source_tokens: Mapping[str, str] | None = None,
+        upstream: Mapping[str, str] | None = None,
+        checksum_parts: Mapping[str, str] | None = None,
+        execution_time: float | None = None,
+        run: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        raw: dict[str, Any] = dict(extra) if extra else {}
+        raw["checksum"] = checksum
+        for name, value in (
+            ("last_updated", last_updated),
+            ("unique_id", unique_id),
+            ("status", None if status is None else str(status)),
+            ("sources", sources),
+            ("source_tokens", source_tokens),
+            ("upstream", upstream),
+            ("checksum_parts", checksum_parts),
+            ("execution_time", execution_time),
+            ("run", run),
+        ):
+            if value is not None:
+                raw[name] = dict(value) if isinstance(value, Mapping) else value
+        object.__setattr__(self, "_json", raw)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> StateEntry:
@@ -97,62 +117,116 @@ class StateEntry(Mapping[str, Any]):
 
     @classmethod
     def _parse(cls, raw: dict[str, Any]) -> StateEntry:
-        known = {name: raw[name] for name in _FIELD_NAMES if name in raw}
-        status = known.get("status")
-        if isinstance(status, str) and status in _ENTRY_STATUSES:
-            known["status"] = EntryStatus(status)
-        extra = {name: value for name, value in raw.items() if name not in _FIELD_NAMES}
-        return cls(**known, extra=extra)
+        # Takes ``raw`` over: only for validated objects nobody else holds.
+        entry = object.__new__(cls)
+        object.__setattr__(entry, "_json", raw)
+        return entry
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"StateEntry is immutable: cannot set {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StateEntry):
+            return NotImplemented
+        return self._json == other._json
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StateEntry({self._json!r})"
+
+    def __reduce__(self) -> tuple[Callable[[dict[str, Any]], StateEntry], tuple[dict[str, Any]]]:
+        # copy, deepcopy and pickle rebuild the entry from its JSON, not slot by slot
+        # (which __setattr__ refuses).
+        return StateEntry._parse, (self._json,)
+
+    @property
+    def checksum(self) -> str:
+        value: str = self._json["checksum"]
+        return value
+
+    @property
+    def last_updated(self) -> str | None:
+        return self._json.get("last_updated")
+
+    @property
+    def unique_id(self) -> str | None:
+        return self._json.get("unique_id")
+
+    @property
+    def status(self) -> EntryStatus | str | None:
+        value = self._json.get("status")
+        return _ENTRY_STATUSES.get(value, value) if value is not None else None
+
+    @property
+    def sources(self) -> Mapping[str, str] | None:
+        """Source unique_id -> ISO-8601 freshness consumed (read by dbt-orchestra as well)."""
+        return self._json.get("sources")
+
+    @property
+    def source_tokens(self) -> Mapping[str, str] | None:
+        """Source unique_id -> ``"<method>:<token>"`` consumed (sources without loaded_at_field)."""
+        return self._json.get("source_tokens")
+
+    @property
+    def upstream(self) -> Mapping[str, str] | None:
+        """Parent state key -> the parent's ``last_updated`` this node consumed."""
+        return self._json.get("upstream")
+
+    @property
+    def checksum_parts(self) -> Mapping[str, str] | None:
+        return self._json.get("checksum_parts")
+
+    @property
+    def execution_time(self) -> float | None:
+        return self._json.get("execution_time")
+
+    @property
+    def run(self) -> Mapping[str, Any] | None:
+        return self._json.get("run")
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        """The fields this version does not know, as read."""
+        return {name: value for name, value in self._json.items() if name not in _FIELD_NAMES}
 
     def to_json(self) -> dict[str, Any]:
         """The entry as a JSON object, with the fields it was read with; a fresh copy."""
-        result: dict[str, Any] = _copy_json(self._json_view())
+        result: dict[str, Any] = _copy_json(self._json)
         return result
-
-    def _json_view(self) -> dict[str, Any]:
-        # Shares the nested objects: for reading and encoding only.
-        view = dict(self.extra)
-        for name in _FIELD_NAMES:
-            value = getattr(self, name)
-            if value is not None:
-                view[name] = str(value) if name == "status" else value
-        return view
 
     def updated_by(self, update: StateEntry) -> StateEntry:
         """``update``, keeping the fields of this entry that ``update`` does not carry."""
-        return StateEntry._parse({**self._json_view(), **update._json_view()})
+        return StateEntry._parse({**self._json, **update._json})
 
     def with_status(self, status: EntryStatus, *, checksum: str | None = None) -> StateEntry:
         """This entry with another status (and checksum, if given)."""
-        return replace(
-            self, status=status, checksum=self.checksum if checksum is None else checksum
-        )
-
-    # -- read-only mapping of the JSON form ------------------------------------------------
-
-    def __getitem__(self, name: str) -> Any:
-        if name in _FIELD_NAMES:
-            value = getattr(self, name)
-            if value is None:
-                raise KeyError(name)
-            return str(value) if name == "status" else value
-        return self.extra[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._json_view())
-
-    def __len__(self) -> int:
-        return len(self._json_view())
+        changed = {**self._json, "status": str(status)}
+        if checksum is not None:
+            changed["checksum"] = checksum
+        return StateEntry._parse(changed)
 
 
-# In declaration order, so the mapping view iterates the same way in every process.
-_FIELD_NAMES = tuple(f.name for f in fields(StateEntry) if f.name != "extra")
-_ENTRY_STATUSES = frozenset(EntryStatus)
+_FIELD_NAMES = frozenset(
+    (
+        "checksum",
+        "last_updated",
+        "unique_id",
+        "status",
+        "sources",
+        "source_tokens",
+        "upstream",
+        "checksum_parts",
+        "execution_time",
+        "run",
+    )
+)
+_ENTRY_STATUSES: dict[str | None, EntryStatus] = {str(status): status for status in EntryStatus}
 
 StateEntries = dict[str, StateEntry]
 """Entries keyed by state key (e.g. ``"db.schema.model"``)."""
 
-EntryUpdates = Mapping[str, Mapping[str, Any]]
+EntryUpdates = Mapping[str, StateEntry | Mapping[str, Any]]
 """What a store saves: ``StateEntry`` objects, or entries in their JSON form, by state key."""
 
 
@@ -194,9 +268,9 @@ def format_timestamp(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat()
 
 
-def entry_timestamp(entry: Mapping[str, Any]) -> datetime | None:
+def entry_timestamp(entry: StateEntry) -> datetime | None:
     """Return an entry's ``last_updated`` time, or ``None`` if absent or unusable."""
-    value = entry.get("last_updated")
+    value = entry.last_updated
     if not isinstance(value, str):
         return None
     try:
@@ -205,7 +279,7 @@ def entry_timestamp(entry: Mapping[str, Any]) -> datetime | None:
         return None
 
 
-def is_newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+def is_newer(a: StateEntry, b: StateEntry) -> bool:
     """Whether entry ``a`` was updated strictly later than entry ``b``.
 
     An entry without a usable ``last_updated`` counts as older than any entry
@@ -379,9 +453,11 @@ def validate_update(updates: object, *, origin: str) -> StateEntries:
     Raises:
         StateFormatError: naming ``origin`` and the problem.
     """
+    owned: dict[str, StateEntry] = {}
     if isinstance(updates, Mapping):
+        owned = {key: entry for key, entry in updates.items() if isinstance(entry, StateEntry)}
         updates = {
-            key: entry._json_view() if isinstance(entry, StateEntry) else entry
+            key: entry._json if isinstance(entry, StateEntry) else entry
             for key, entry in updates.items()
         }
     raw = _check_entries(updates, origin=origin)
@@ -395,7 +471,12 @@ def validate_update(updates: object, *, origin: str) -> StateEntries:
         culprit = _find_non_json(raw)
         detail = culprit if culprit is not None else str(exc)
         raise StateFormatError(f"{origin} is not JSON-serialisable: {detail}") from None
-    return {key: StateEntry.from_json(entry) for key, entry in raw.items()}
+    # Entries are immutable, so one that is already a StateEntry is kept as it is; a caller's
+    # JSON object is copied, since the caller may change it later.
+    return {
+        key: owned[key] if key in owned else StateEntry.from_json(entry)
+        for key, entry in raw.items()
+    }
 
 
 def _find_non_json(updates: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -486,7 +567,7 @@ class StateDocument:
             ValueError: a value is NaN or infinite.
             TypeError: a value is not representable in JSON.
         """
-        state = {key: entry._json_view() for key, entry in self.entries.items()}
+        state = {key: entry._json for key, entry in self.entries.items()}
         return _encode({**self.extra, STATE_KEY: state}, indent=None if compact else 2)
 
     @classmethod

@@ -205,6 +205,6 @@ def test_two_runs_on_two_machines_take_turns_on_the_s3_lease(ws: Workspace, s3: 
     assert {"stg_orders", "int_orders_enriched", "fct_daily_revenue"} <= first_built
     assert built(second.report()) == {"fct_daily_revenue"}
     assert set(decisions(second.report(), "reuse")) >= first_built - {"fct_daily_revenue"}
-    entries = {short(e["unique_id"]) for e in state.load().entries.values()}
+    entries = {short(e.unique_id or "") for e in state.load().entries.values()}
     assert "fct_daily_revenue" in entries
     assert stored(s3, name).released, "given back at the end"

@@ -40,6 +40,7 @@ from airflow_provider_orchestra_dbt.state import (
     orchestra_state_url,
 )
 from airflow_provider_orchestra_dbt.state import http as http_module
+from airflow_provider_orchestra_dbt.state.model import entries_to_json
 from airflow_provider_orchestra_dbt.state.secrets import secret_forms
 
 pytestmark = pytest.mark.integration
@@ -189,8 +190,8 @@ def test_round_trip(server: OrchestraStateServer) -> None:
     returned = store.save({"db.s.a": _entry("a"), "db.s.b": _entry("b", sources={"src": T0})})
 
     assert server.entries == {"db.s.a": _entry("a"), "db.s.b": _entry("b", sources={"src": T0})}
-    assert returned.entries == server.entries
-    assert _store(server).load().entries == server.entries
+    assert entries_to_json(returned.entries) == server.entries
+    assert entries_to_json(_store(server).load().entries) == server.entries
     assert store.probe() == "Orchestra state API reachable: 2 entries"
 
 
@@ -226,8 +227,11 @@ def test_patch_carries_only_the_changed_entries(server: OrchestraStateServer) ->
     (patch,) = server.requests
     assert patch.json() == {"state": changed}
     # The returned document is what was loaded with the update applied.
-    assert returned.entries == {**loaded.entries, "b": _entry("b2", T1)}
-    assert server.entries == returned.entries
+    assert entries_to_json(returned.entries) == {
+        **entries_to_json(loaded.entries),
+        "b": _entry("b2", T1),
+    }
+    assert server.entries == entries_to_json(returned.entries)
 
 
 def test_save_of_nothing_sends_nothing(server: OrchestraStateServer) -> None:
@@ -236,7 +240,7 @@ def test_save_of_nothing_sends_nothing(server: OrchestraStateServer) -> None:
     store.load()
     server.clear_requests()
 
-    assert store.save({}).entries == {"a": _entry("a")}
+    assert entries_to_json(store.save({}).entries) == {"a": _entry("a")}
     assert server.requests == []
 
 
@@ -259,7 +263,7 @@ def test_older_update_never_replaces_newer_entry(server: OrchestraStateServer) -
     returned = store.save({"k": _entry("old", T1)})
 
     assert server.entries == {"k": _entry("new", T2)}
-    assert returned.entries == {"k": _entry("new", T2)}
+    assert entries_to_json(returned.entries) == {"k": _entry("new", T2)}
 
 
 def test_dbt_orchestra_document_loads_and_keeps_its_fields(server: OrchestraStateServer) -> None:
@@ -285,12 +289,12 @@ def test_dbt_orchestra_document_loads_and_keeps_its_fields(server: OrchestraStat
     store = _store(server)
 
     loaded = store.load()
-    assert loaded.entries == theirs["state"]
+    assert entries_to_json(loaded.entries) == theirs["state"]
     assert loaded.extra == {"version": 2}
 
     # A run rebuilds orders: the engine carries the entry's other fields over.
     rebuilt = {
-        **loaded.entries["analytics.core.orders"],
+        **loaded.entries["analytics.core.orders"].to_json(),
         "checksum": "a0b1",
         "last_updated": "2025-03-02T10:00:00+00:00",
         "status": "success",
@@ -323,12 +327,12 @@ def test_key_prefix_filters_loads_and_guards_saves(server: OrchestraStateServer)
     )
     store = _store(server, key_prefix="acct1")
 
-    assert store.load().entries == {"acct1.db.s.a": _entry("a")}
+    assert entries_to_json(store.load().entries) == {"acct1.db.s.a": _entry("a")}
     assert store.probe() == "Orchestra state API reachable: 1 entry under prefix 'acct1.'"
 
     with pytest.raises(StateFormatError, match=r"lack the prefix 'acct1\.'.*'db\.s\.x'"):
         store.save({"db.s.x": _entry("x")})
-    assert store.save({"acct1.db.s.x": _entry("x")}).entries == {
+    assert entries_to_json(store.save({"acct1.db.s.x": _entry("x")}).entries) == {
         "acct1.db.s.a": _entry("a"),
         "acct1.db.s.x": _entry("x"),
     }
@@ -402,7 +406,7 @@ def test_server_error_is_retried_then_succeeds(server: OrchestraStateServer) -> 
     server.set_document({"state": {"k": _entry("a")}})
     server.fail_next(2, 500)
 
-    assert _store(server).load().entries == {"k": _entry("a")}
+    assert entries_to_json(_store(server).load().entries) == {"k": _entry("a")}
     assert [r.status for r in server.requests] == [500, 500, 200]
 
 
@@ -477,7 +481,7 @@ def test_timeouts_are_retried_then_reported_in_bounded_time(
 def test_one_slow_answer_is_retried(server: OrchestraStateServer) -> None:
     server.set_document({"state": {"k": _entry("a")}})
     server.delay_next(1, 2.0)
-    assert _store(server, timeout=0.2).load().entries == {"k": _entry("a")}
+    assert entries_to_json(_store(server, timeout=0.2).load().entries) == {"k": _entry("a")}
     assert len(server.requests) == 2
 
 
@@ -504,7 +508,7 @@ def test_a_dripping_answer_is_cut_off_at_the_deadline_and_retried(
     server.drip_next(1, 0.1)
     started = time.monotonic()
 
-    assert _store(server, timeout=0.5).load().entries == {"k": _entry("a")}
+    assert entries_to_json(_store(server, timeout=0.5).load().entries) == {"k": _entry("a")}
 
     assert time.monotonic() - started < 1.5
     assert len(server.requests) == 2
@@ -677,7 +681,7 @@ def test_interleaved_writes_of_one_key_keep_the_newest(server: OrchestraStateSer
     newest = BASE_TIME + timedelta(seconds=(writes - 1) * threads + threads - 1)
     expected = _entry(f"{threads - 1}-{writes - 1}", format_timestamp(newest))
     assert server.entries == {"db.main.shared": expected}
-    assert store.load().entries == {"db.main.shared": expected}
+    assert entries_to_json(store.load().entries) == {"db.main.shared": expected}
 
 
 # -- secrets ----------------------------------------------------------------

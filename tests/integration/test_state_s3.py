@@ -33,6 +33,7 @@ from airflow_provider_orchestra_dbt.state import (
     StateStore,
     format_timestamp,
 )
+from airflow_provider_orchestra_dbt.state.model import entries_to_json
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +100,7 @@ def test_missing_object_is_empty_and_first_save_creates_it(s3: S3Params) -> None
     assert store.probe() == f"no state object yet at s3://{s3.bucket}/{KEY}; bucket reachable"
 
     returned = store.save({"db.main.a": _entry("a")})
-    assert returned.entries == {"db.main.a": _entry("a")}
+    assert entries_to_json(returned.entries) == {"db.main.a": _entry("a")}
     assert json.loads(_get_raw(s3)) == {"state": {"db.main.a": _entry("a")}}
     head = client.head_object(Bucket=s3.bucket, Key=KEY)
     assert head["ContentType"] == "application/json"
@@ -115,7 +116,9 @@ def test_round_trip_preserves_unknown_fields(s3: S3Params) -> None:
     writer.save({"db.main.a": _entry("a", future_field={"nested": [1, 2]})})
 
     reader = _store(s3)  # a separate instance with its own client
-    assert reader.load().entries == {"db.main.a": _entry("a", future_field={"nested": [1, 2]})}
+    assert entries_to_json(reader.load().entries) == {
+        "db.main.a": _entry("a", future_field={"nested": [1, 2]})
+    }
 
     document = json.loads(_get_raw(s3))
     document["format_version"] = 7
@@ -132,7 +135,7 @@ def test_dbt_orchestra_document_survives_our_save(s3: S3Params) -> None:
     _put_raw(s3, json.dumps(ORCHESTRA_DOCUMENT).encode())
     store = _store(s3)
 
-    assert store.load().entries == ORCHESTRA_DOCUMENT["state"]
+    assert entries_to_json(store.load().entries) == ORCHESTRA_DOCUMENT["state"]
     store.save({"db.sch.other": _entry("def")})
 
     stored = json.loads(_get_raw(s3))
@@ -145,11 +148,11 @@ def test_newer_last_updated_wins_and_older_never_replaces_newer(s3: S3Params) ->
     store.save({"k": _entry("middle", T1)})
 
     returned = store.save({"k": _entry("older", T0)})
-    assert returned.entries["k"]["checksum"] == "middle"
+    assert returned.entries["k"].checksum == "middle"
     assert json.loads(_get_raw(s3))["state"]["k"]["checksum"] == "middle"
 
     store.save({"k": _entry("newer", T2)})
-    assert _store(s3).load().entries["k"] == _entry("newer", T2)
+    assert _store(s3).load().entries["k"].to_json() == _entry("newer", T2)
 
 
 # --- conditional writes -----------------------------------------------------------------------
@@ -178,7 +181,7 @@ def test_conflicting_write_is_merged_and_retried(s3: S3Params, exists: bool) -> 
     expected = {"db.main.a": _entry("from-a"), "db.main.b": _entry("from-b")}
     if exists:
         expected["db.main.old"] = _entry("old")
-    assert returned.entries == expected
+    assert entries_to_json(returned.entries) == expected
     assert json.loads(_get_raw(s3))["state"] == expected
     assert len(puts) == 2, "A should have retried exactly once"
     if exists:
@@ -322,12 +325,12 @@ def test_access_denied(s3_server: MotoS3Server, s3: S3Params) -> None:
             assert no_access[1] not in str(caught.value)
 
         reader = _store(s3, aws_access_key_id=read_only[0], aws_secret_access_key=read_only[1])
-        assert reader.load().entries == {"k": _entry("a")}
+        assert entries_to_json(reader.load().entries) == {"k": _entry("a")}
         with pytest.raises(StateError) as caught:
             reader.save({"k": _entry("b", T1)})
         assert str(caught.value) == f"{reader.description} ({LABEL}): cannot write state: {denied}"
 
-    assert _store(s3).load().entries == {"k": _entry("a")}
+    assert entries_to_json(_store(s3).load().entries) == {"k": _entry("a")}
 
 
 def test_unreachable_endpoint_fails_fast_with_a_clear_error() -> None:
@@ -547,7 +550,7 @@ def test_concurrent_saves_of_distinct_keys_lose_nothing(crowd: _Crowd) -> None:
 def test_concurrent_saves_of_one_key_keep_the_newest(crowd: _Crowd) -> None:
     entry = _store(crowd.shared).load().entries[SHARED_KEY]
     newest_worker, newest_write = PROCESSES - 1, SHARED_WRITES_PER_PROCESS - 1
-    assert entry == _entry(
+    assert entry.to_json() == _entry(
         f"{newest_worker}-{newest_write}",
         format_timestamp(_shared_key_time(newest_worker, newest_write)),
     )
@@ -597,7 +600,7 @@ def test_thirty_two_writers_on_a_large_document_all_succeed(s3: S3Params) -> Non
         f"db.crowd.w{worker}" for worker in range(CROWD)
     }
     assert len(entries) == LARGE + CROWD
-    assert all(entries[key] == base[key] for key in base)
+    assert all(entries[key].to_json() == base[key] for key in base)
     print(f"\n{CROWD} writers: {elapsed:.1f}s in all, slowest save {max(timings):.1f}s")
 
 

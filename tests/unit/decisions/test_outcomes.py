@@ -61,9 +61,9 @@ def test_built_nodes_record_consumed_freshness_and_upstream_times() -> None:
     assert stg.sources == {SRC_A: LOADED_NEW.isoformat()}
     assert stg.status is EntryStatus.SUCCESS and stg.execution_time == 1.5
     # Unknown freshness is never recorded as consumed: the next run still sees it as new.
-    assert updates[key(M1)]["sources"] == {}
+    assert updates[key(M1)].sources == {}
     assert updates[key(M1)].upstream == {key(STG): stg.last_updated}
-    assert set(updates[key(M2)]["upstream"]) == {key(M1), key(SEED)}
+    assert set(updates[key(M2)].upstream or {}) == {key(M1), key(SEED)}
 
 
 def test_failed_and_skipped_nodes_keep_no_new_entry() -> None:
@@ -73,20 +73,21 @@ def test_failed_and_skipped_nodes_keep_no_new_entry() -> None:
 
 def test_error_severity_test_failure_marks_the_tested_node() -> None:
     updates = run({STG: "success", M1: "success", T_M1: "fail", M2: "skipped"})
-    assert updates[key(M1)]["status"] == "test_failed"
-    assert updates[key(STG)]["status"] == "success"
+    assert updates[key(M1)].status is EntryStatus.TEST_FAILED
+    assert updates[key(STG)].status is EntryStatus.SUCCESS
     assert key(M2) not in updates
 
 
 def test_run_command_records_untested() -> None:
     updates = run({STG: "success", M1: "success", M2: "success"}, command="run")
-    assert {e["status"] for e in updates.values()} == {"untested"}
+    assert {e.status for e in updates.values()} == {EntryStatus.UNTESTED}
 
 
 def test_interrupted_run_records_only_what_finished() -> None:
     updates = run({STG: "success"})
     assert list(updates) == [key(STG)]
-    assert datetime.fromisoformat(updates[key(STG)]["last_updated"]).tzinfo is not None
+    last_updated = updates[key(STG)].last_updated
+    assert last_updated is not None and datetime.fromisoformat(last_updated).tzinfo is not None
 
 
 def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rewrite() -> None:
@@ -103,15 +104,15 @@ def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rew
         T_SPAN: NodeResult(T_SPAN, "fail", 1.0, NOW.isoformat()),
     }
     updates = state_updates(graph, the_plan, results, state, probe).updates
-    assert updates[key(SEED)]["checksum"] == "test_failed:" + fps(SEED).checksum
-    assert updates[key(M1)]["checksum"] == "test_failed:" + fps(M1).checksum
-    assert updates[key(M1)]["status"] == updates[key(SEED)]["status"] == "test_failed"
-    assert failed_checksum(updates[key(M1)]["checksum"]) == updates[key(M1)]["checksum"]
+    assert updates[key(SEED)].checksum == "test_failed:" + fps(SEED).checksum
+    assert updates[key(M1)].checksum == "test_failed:" + fps(M1).checksum
+    assert updates[key(M1)].status is updates[key(SEED)].status is EntryStatus.TEST_FAILED
+    assert failed_checksum(updates[key(M1)].checksum) == updates[key(M1)].checksum
 
     # dbt-orchestra rewrites every entry with only the fields it knows.
     stripped = entries(
         {
-            k: {f: e[f] for f in ("checksum", "last_updated", "sources")}
+            k: {f: e.to_json()[f] for f in ("checksum", "last_updated", "sources")}
             for k, e in {**state, **updates}.items()
         }
     )
@@ -125,7 +126,7 @@ def test_a_failed_test_makes_the_checksum_unmatchable_and_survives_a_foreign_rew
     fixed = state_updates(
         graph, plan(graph, [SEED], stripped, fps, probe, options), passed, stripped, probe
     )
-    assert fixed.updates[key(SEED)]["checksum"] == fps(SEED).checksum
+    assert fixed.updates[key(SEED)].checksum == fps(SEED).checksum
 
 
 def test_a_test_command_failure_marks_the_tested_node_too() -> None:
@@ -139,7 +140,7 @@ def test_a_test_command_failure_marks_the_tested_node_too() -> None:
     results = {T_M1: NodeResult(T_M1, "fail", 1.0, NOW.isoformat())}
     updates = state_updates(graph, the_plan, results, state, probe).updates
     assert set(updates) == {key(M1)}
-    assert updates[key(M1)]["status"] == "test_failed"
+    assert updates[key(M1)].status is EntryStatus.TEST_FAILED
     assert updates[key(M1)].last_updated == state[key(M1)].last_updated
     after = plan(graph, [M1], {**state, **updates}, fingerprints(), probe, PlanOptions(now=NOW))
     assert after.by_id[M1].builds
@@ -162,8 +163,9 @@ def test_nodes_dbt_kept_as_they_were_are_neither_built_nor_failed() -> None:
 
 def test_a_test_status_this_provider_does_not_know_counts_as_failed() -> None:
     updates = run({STG: "success", M1: "success", T_M1: "exploded"})
-    assert updates[key(M1)]["status"] == "test_failed"
-    assert run({STG: "success", M1: "success", T_M1: "skipped"})[key(M1)]["status"] == "success"
+    assert updates[key(M1)].status is EntryStatus.TEST_FAILED
+    skipped = run({STG: "success", M1: "success", T_M1: "skipped"})
+    assert skipped[key(M1)].status is EntryStatus.SUCCESS
 
 
 def test_the_report_counts_what_dbt_kept_as_reused_and_unknown_statuses_as_failed() -> None:

@@ -18,6 +18,7 @@ from airflow_provider_orchestra_dbt.hooks.orchestra_dbt import (
     StateConnectionConfig,
 )
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, StateStore
+from airflow_provider_orchestra_dbt.state.model import entries_to_json
 
 # The API key contains a quote and a backslash: repr() would escape them.
 API_KEY = "orch-API-k3y'do-not\\leak-0123456789"
@@ -280,7 +281,8 @@ def test_local_store_round_trip(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
     store.save({"db.schema.model": entry})
 
-    assert OrchestraDbtHook(conn_id).get_state_store().load().entries == {"db.schema.model": entry}
+    loaded = OrchestraDbtHook(conn_id).get_state_store().load()
+    assert entries_to_json(loaded.entries) == {"db.schema.model": entry}
 
 
 def test_http_backend_builds_the_orchestra_store(monkeypatch: pytest.MonkeyPatch) -> None:

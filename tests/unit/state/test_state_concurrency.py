@@ -18,6 +18,7 @@ import pytest
 from support.concurrency import run_in_processes
 
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore, format_timestamp
+from airflow_provider_orchestra_dbt.state.model import entries_to_json
 
 PROCESSES = 8
 KEYS_PER_PROCESS = 50
@@ -80,7 +81,7 @@ def test_concurrent_saves_of_distinct_keys_lose_nothing(tmp_path: Path) -> None:
     }
     assert set(document["state"]) == expected
     assert len(expected) == PROCESSES * KEYS_PER_PROCESS
-    assert LocalFileStateStore(path).load().entries == document["state"]
+    assert entries_to_json(LocalFileStateStore(path).load().entries) == document["state"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "state.json.lock"]
 
 
@@ -91,5 +92,5 @@ def test_concurrent_saves_of_one_key_keep_the_newest(tmp_path: Path) -> None:
 
     entry = LocalFileStateStore(path).load().entries["db.main.shared"]
     newest_worker, newest_write = PROCESSES - 1, SHARED_WRITES_PER_PROCESS - 1
-    assert entry["checksum"] == f"{newest_worker}-{newest_write}"
-    assert entry["last_updated"] == format_timestamp(_shared_key_time(newest_worker, newest_write))
+    assert entry.checksum == f"{newest_worker}-{newest_write}"
+    assert entry.last_updated == format_timestamp(_shared_key_time(newest_worker, newest_write))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
+import pickle
 from typing import Any
 
 import pytest
@@ -71,7 +71,7 @@ def test_absent_fields_stay_absent() -> None:
     entry = StateEntry.from_json(orc)
     assert entry.status is None and entry.unique_id is None and entry.upstream is None
     assert entry.to_json() == orc
-    assert "status" not in entry and entry.get("status") is None
+    assert "status" not in entry.to_json()
 
 
 def test_a_status_of_another_tool_is_kept_as_written() -> None:
@@ -98,7 +98,7 @@ def test_entries_share_nothing_with_the_json_they_came_from_or_go_to() -> None:
 
 def test_entries_are_immutable() -> None:
     entry = StateEntry.from_json(OURS)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         entry.checksum = "x"  # type: ignore[misc]
 
 
@@ -126,16 +126,12 @@ def test_an_update_keeps_the_stored_fields_it_lacks_known_or_not() -> None:
     }
 
 
-def test_the_mapping_view_reads_and_compares_as_the_json() -> None:
+def test_entries_compare_by_their_json_and_never_equal_a_dict() -> None:
     raw = {**OURS, "future_field": 1}
     entry = StateEntry.from_json(raw)
-    assert entry == raw and raw == entry
-    assert dict(entry) == raw and len(entry) == len(raw)
-    assert entry["status"] == "success" and entry["future_field"] == 1
-    assert entry.get("missing") is None
-    with pytest.raises(KeyError):
-        entry["missing"]
-    assert {"k": entry} == {"k": raw}
+    assert entry == StateEntry.from_json(copy.deepcopy(raw))
+    assert entry != StateEntry.from_json({**raw, "future_field": 2})
+    assert entry != raw and raw != entry
 
 
 def test_a_document_round_trip_is_byte_for_byte() -> None:
@@ -165,3 +161,11 @@ def test_validate_update_takes_entries_or_their_json_and_returns_entries() -> No
 def test_validate_update_checks_typed_entries_too() -> None:
     with pytest.raises(StateFormatError, match="'execution_time': nan"):
         validate_update({"a": StateEntry("c", execution_time=float("nan"))}, origin="u")
+
+
+def test_copies_and_pickles_are_equal_entries_sharing_nothing() -> None:
+    entry = StateEntry.from_json(OURS)
+    for other in (copy.copy(entry), copy.deepcopy(entry), pickle.loads(pickle.dumps(entry))):
+        assert other == entry and other.status is EntryStatus.SUCCESS
+    deep = copy.deepcopy(entry)
+    assert deep.to_json() == OURS and deep.sources is not entry.sources

@@ -21,6 +21,7 @@ from airflow_provider_orchestra_dbt.state import (
     StateFormatError,
     StateStore,
 )
+from airflow_provider_orchestra_dbt.state.model import entries_to_json
 
 T0 = "2025-01-01T00:00:00+00:00"
 T1 = "2025-01-01T01:00:00+00:00"
@@ -55,7 +56,7 @@ def test_first_save_creates_file_and_parent_dirs(tmp_path: Path) -> None:
     returned = store.save({"k": _entry("abc")})
 
     assert json.loads(path.read_bytes()) == {"state": {"k": _entry("abc")}}
-    assert returned.entries == {"k": _entry("abc")}
+    assert entries_to_json(returned.entries) == {"k": _entry("abc")}
     assert store.load() == returned
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
@@ -118,7 +119,7 @@ def test_orchestra_file_loads_and_survives_a_save(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
     path.write_text(json.dumps(ORCHESTRA_DOCUMENT))
     store = LocalFileStateStore(path)
-    assert store.load().entries == ORCHESTRA_DOCUMENT["state"]
+    assert entries_to_json(store.load().entries) == ORCHESTRA_DOCUMENT["state"]
 
     store.save({"db.sch.other": _entry("x")})
     stored = json.loads(path.read_bytes())["state"]

@@ -20,7 +20,7 @@ from airflow_provider_orchestra_dbt.state import (
     merge_entries,
     parse_timestamp,
 )
-from airflow_provider_orchestra_dbt.state.model import StateEntry
+from airflow_provider_orchestra_dbt.state.model import StateEntry, entries_to_json
 
 ORIGIN = "state file /x/state.json"
 
@@ -86,7 +86,7 @@ def test_format_then_parse_round_trips() -> None:
 
 def test_orchestra_document_loads() -> None:
     document = StateDocument.from_json_bytes(_bytes(ORCHESTRA_DOCUMENT), origin=ORIGIN)
-    assert document.entries == ORCHESTRA_DOCUMENT["state"]
+    assert entries_to_json(document.entries) == ORCHESTRA_DOCUMENT["state"]
     assert document.extra == {}
 
 
@@ -143,12 +143,15 @@ def test_empty_documents_are_empty_state(data: bytes) -> None:
 
 def test_utf8_bom_is_tolerated() -> None:
     data = b"\xef\xbb\xbf" + _bytes(ORCHESTRA_DOCUMENT)
-    assert StateDocument.from_json_bytes(data, origin=ORIGIN).entries == ORCHESTRA_DOCUMENT["state"]
+    document = StateDocument.from_json_bytes(data, origin=ORIGIN)
+    assert entries_to_json(document.entries) == ORCHESTRA_DOCUMENT["state"]
 
 
 def test_entry_without_last_updated_loads() -> None:
     raw = {"state": {"k": {"checksum": "abc"}}}
-    assert StateDocument.from_json_bytes(_bytes(raw), origin=ORIGIN).entries == raw["state"]
+    document = StateDocument.from_json_bytes(_bytes(raw), origin=ORIGIN)
+    assert document.entries == {"k": StateEntry("abc")}
+    assert document.entries["k"].last_updated is None
 
 
 def _with_entry(**fields: object) -> bytes:
@@ -237,19 +240,19 @@ def test_keep_drops_entries_before_validation() -> None:
     document = StateDocument.from_json_bytes(
         _bytes(raw), origin=ORIGIN, keep=lambda key: key.startswith("mine.")
     )
-    assert document == StateDocument(entries={"mine.a": {"checksum": "a"}}, extra={"version": 1})
+    assert document == StateDocument(entries={"mine.a": StateEntry("a")}, extra={"version": 1})
 
 
 def test_merged_document_keeps_extra_and_does_not_mutate_original() -> None:
     document = StateDocument.from_json_bytes(
         _bytes({**ORCHESTRA_DOCUMENT, "version": 1}), origin=ORIGIN
     )
-    before = copy.deepcopy(document)
+    before = document.to_json_bytes()
     update = {"new": StateEntry("n", last_updated="2025-02-01T00:00:00Z")}
     merged = document.merged(update)
     assert merged.extra == {"version": 1}
     assert set(merged.entries) == {"db.sch.m", "new"}
-    assert document == before
+    assert document.to_json_bytes() == before
 
 
 # --- merge rule -----------------------------------------------------------
@@ -306,28 +309,31 @@ def test_merge_rule(
 
 def test_merge_adds_new_keys() -> None:
     merged = merge_entries(_parsed({"a": _entry("a", T0)}), _parsed({"b": _entry("b", T0)}))
-    assert merged == {"a": _entry("a", T0), "b": _entry("b", T0)}
+    assert entries_to_json(merged) == {"a": _entry("a", T0), "b": _entry("b", T0)}
 
 
 def test_merge_is_pure() -> None:
     current = _parsed({"k": _entry("old", T0, sources={"s": T0})})
     updates = _parsed({"k": _entry("new", T1, sources={"s": T1}), "n": _entry("n", T0)})
-    current_before, updates_before = copy.deepcopy(current), copy.deepcopy(updates)
+    current_before, updates_before = entries_to_json(current), entries_to_json(updates)
 
     merged = merge_entries(current, updates)
     merged["k"] = StateEntry("mutated")
 
-    assert current == current_before
-    assert updates == updates_before
+    assert entries_to_json(current) == current_before
+    assert entries_to_json(updates) == updates_before
 
 
 def test_is_newer() -> None:
-    assert is_newer(_entry("a", T1), _entry("b", T0))
-    assert not is_newer(_entry("a", T0), _entry("b", T1))
-    assert not is_newer(_entry("a", T1), _entry("b", T1_OTHER_ZONE))
-    assert is_newer(_entry("a", T0), _entry("b", None))
-    assert not is_newer(_entry("a", None), _entry("b", T0))
-    assert not is_newer(_entry("a", None), _entry("b", None))
+    def entry(checksum: str, last_updated: str | None) -> StateEntry:
+        return StateEntry(checksum, last_updated=last_updated)
+
+    assert is_newer(entry("a", T1), entry("b", T0))
+    assert not is_newer(entry("a", T0), entry("b", T1))
+    assert not is_newer(entry("a", T1), entry("b", T1_OTHER_ZONE))
+    assert is_newer(entry("a", T0), entry("b", None))
+    assert not is_newer(entry("a", None), entry("b", T0))
+    assert not is_newer(entry("a", None), entry("b", None))
 
 
 class _Opaque:

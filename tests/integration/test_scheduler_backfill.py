@@ -15,6 +15,7 @@ consumer. The tests read every result back from the metadata DB.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,6 +35,10 @@ from support.airflow_deployment import (
 from support.airflow_env import AirflowEnv, free_port, fresh_workspace, tutorial_env
 from support.tutorial import REPO, STATEFUL, Workspace, day_ago, short, tree_digest
 
+from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
+from airflow_provider_orchestra_dbt.execution.locations import run_lock_path
+from airflow_provider_orchestra_dbt.execution.run_lock import RunLock
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TUTORIAL = "orchestra_dbt_tutorial"
@@ -41,6 +46,7 @@ CONSUMER = "orchestra_dbt_consumer"
 FCT_ORDERS = "tutorial.main.fct_orders"
 FCT_DAILY_REVENUE = "tutorial.main.fct_daily_revenue"
 FINISHED = ("success", "failed")
+GATE = "test gate"
 RUN_TIMEOUT = 240.0
 BACKFILL_TIMEOUT = 360.0
 
@@ -319,23 +325,42 @@ def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
     assert consumer["run_type"] == "asset_triggered" and consumer["state"] == "success"
     assert consumer["assets"] == {FCT_ORDERS}
 
-    result = d.cli(
-        "backfill", "create", "--dag-id", TUTORIAL,
-        "--from-date", "2026-01-03", "--to-date", "2026-01-05",
-        # All three runs at once: the operator's run lock takes their dbt builds in turn.
-        "--max-active-runs", "3",
-    )  # fmt: skip
-    (backfill_id,) = d.env.query(
-        "select id from backfill where dag_id = ? and from_date like '2026-01-03%'", (TUTORIAL,)
-    )[0]
-    runs = [
-        str(r[0])
-        for r in d.env.query(
-            "select run_id from dag_run where backfill_id = ? order by logical_date",
-            (backfill_id,),
-        )
-    ]
-    assert len(runs) == 3, result.stdout[-3000:]
+    # The test holds the runs' lock while the backfill starts, so that its runs are known to
+    # overlap (two of them wait at once); then it lets go, and the run lock takes their dbt
+    # builds in turn.
+    config = DbtRunConfig.create(
+        project_dir=d.ws.project, profiles_dir=d.ws.project, target="duckdb"
+    )
+    lock_path = run_lock_path(config)
+    assert lock_path.is_file(), f"the first run took no lock at {lock_path}"
+    gate = RunLock(
+        lock_path, what="the tutorial", timeout=0, log=logging.getLogger(GATE), label=GATE
+    )
+    gate.acquire()
+    try:
+        result = d.cli(
+            "backfill", "create", "--dag-id", TUTORIAL,
+            "--from-date", "2026-01-03", "--to-date", "2026-01-05", "--max-active-runs", "3",
+        )  # fmt: skip
+        (backfill_id,) = d.env.query(
+            "select id from backfill where dag_id = ? and from_date like '2026-01-03%'",
+            (TUTORIAL,),
+        )[0]
+        runs = [
+            str(r[0])
+            for r in d.env.query(
+                "select run_id from dag_run where backfill_id = ? order by logical_date",
+                (backfill_id,),
+            )
+        ]
+        assert len(runs) == 3, result.stdout[-3000:]
+
+        def two_wait() -> bool:
+            return sum(f"({GATE})" in d.task_log(r) for r in runs) >= 2
+
+        d.wait(two_wait, BACKFILL_TIMEOUT, "two backfill runs to wait for the run lock")
+    finally:
+        gate.release()
     d.wait_finished(runs, timeout=BACKFILL_TIMEOUT)
 
     for run_id, day in zip(runs, ("2026-01-03", "2026-01-04", "2026-01-05"), strict=True):
@@ -361,12 +386,6 @@ def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
         assert set(events) == {FCT_DAILY_REVENUE}
         assert events[FCT_DAILY_REVENUE]["dbt_invocation_id"] == summary["invocation_id"]
         assert events[FCT_DAILY_REVENUE]["unique_id"] == summary["built"][0]
-
-    # The runs overlapped (else this test proves nothing about parallel runs), and the
-    # DuckDB file never saw two writers: the later dbt builds waited for the run lock.
-    assert any("Waiting for another run of" in d.task_log(r) for r in runs), [
-        d.task_log(r)[-3000:] for r in runs
-    ]
 
     # fct_orders was reused by every backfill run: no consumer run may come of them.
     d.wait_scheduler_loops(after=max(d.run_row(r)["end_date"] for r in runs))

@@ -106,9 +106,13 @@ def state_updates(
     failed_tests_on = _nodes_with_failed_tests(graph, results)
     tests_run_on = _nodes_with_tests_run(graph, results)
     updates: StateEntries = {}
+    keys: dict[str, str] = {}  # each node's key is asked for once per child, too
 
     def key_of(uid: str) -> str:
-        return options.key_for(graph[uid])
+        key = keys.get(uid)
+        if key is None:
+            key = keys[uid] = options.key_for(graph[uid])
+        return key
 
     def current(uid: str) -> StateEntry | None:
         key = key_of(uid)

@@ -93,21 +93,27 @@ class StateEntry:
         run: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
+        # Field by field rather than in a loop: outcomes build one entry per node built.
         raw: dict[str, Any] = dict(extra) if extra else {}
         raw["checksum"] = checksum
-        for name, value in (
-            ("last_updated", last_updated),
-            ("unique_id", unique_id),
-            ("status", None if status is None else str(status)),
-            ("sources", sources),
-            ("source_tokens", source_tokens),
-            ("upstream", upstream),
-            ("checksum_parts", checksum_parts),
-            ("execution_time", execution_time),
-            ("run", run),
-        ):
-            if value is not None:
-                raw[name] = dict(value) if isinstance(value, Mapping) else value
+        if last_updated is not None:
+            raw["last_updated"] = last_updated
+        if unique_id is not None:
+            raw["unique_id"] = unique_id
+        if status is not None:
+            raw["status"] = str(status)
+        if sources is not None:
+            raw["sources"] = dict(sources)
+        if source_tokens is not None:
+            raw["source_tokens"] = dict(source_tokens)
+        if upstream is not None:
+            raw["upstream"] = dict(upstream)
+        if checksum_parts is not None:
+            raw["checksum_parts"] = dict(checksum_parts)
+        if execution_time is not None:
+            raw["execution_time"] = execution_time
+        if run is not None:
+            raw["run"] = dict(run)
         object.__setattr__(self, "_json", raw)
 
     @classmethod

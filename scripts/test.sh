@@ -57,14 +57,15 @@ uv run --frozen mypy airflow_provider_orchestra_dbt
 
 # With no arguments, three pytest sessions share the machine's two cores (they share nothing
 # else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
-#   * the unit tests, Airflow end to end (the Celery multi-worker test too), the state stores
-#     and bad input, on the newest dbt (the lock's default environment);
-#   * every other integration test (the reuse cases on DuckDB and PostgreSQL, ...), newest dbt;
-#   * the worker's unit tests and the reuse cases that read what differs between dbt
-#     versions (manifest, macros, vars, seeds, test results, build_after) on the oldest dbt
-#     we support (dbt-core 1.10), in a second environment from the same lock, on the newest
-#     Python the machine has. Process handling (crash safety) is the same on every dbt, and
-#     runs on the newest only.
+#   * the unit tests and Airflow end to end (the Celery multi-worker test too), on the newest
+#     dbt (the lock's default environment);
+#   * every other integration test on the newest dbt: the reuse cases on DuckDB and
+#     PostgreSQL, commands, dbt 1.12 features, freshness, locks, bad input, foreign writers;
+#   * on the oldest dbt we support (dbt-core 1.10), in a second environment from the same
+#     lock, on the newest Python the machine has: the worker's unit tests and the reuse cases
+#     that read what differs between dbt versions (manifest, macros, vars, seeds, test
+#     results, build_after); and, since they do not depend on dbt's version, the crash
+#     probes, the browser test and the S3 store's races, which run in this session only.
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
   status=0
   uv run --frozen pytest "$@" || status=$?
@@ -81,9 +82,9 @@ logs=$(mktemp -d)
 trap 'rm -rf "$logs" "$pycache"' EXIT
 
 first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
-  test_connection_form.py test_dbt_python.py test_bad_input.py test_state_http.py
-  test_state_s3.py test_foreign_writers.py test_hook_backends.py test_readme_commands.py
-  test_celery_workers.py)
+  test_connection_form.py test_dbt_python.py test_state_http.py test_hook_backends.py
+  test_readme_commands.py test_celery_workers.py)
+oldest_only=(test_crash_safety.py test_airflow_ui.py test_state_s3.py)
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!
@@ -93,16 +94,18 @@ oldest_reuse+=" or (duckdb and ($oldest_duckdb or build_after))"
 "$oldest_env/bin/python" -m pytest -p no:cacheprovider --durations=15 --basetemp "$logs/oldest" \
   tests/unit/worker tests/unit/decisions tests/unit/execution tests/unit/presentation tests/integration/test_reuse.py \
   tests/integration/test_commands.py tests/integration/test_parse_cache.py \
+  "${oldest_only[@]/#/tests/integration/}" \
   -k "not test_reuse or $oldest_reuse" >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!
 status=0
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/second" tests/integration \
-  "${first[@]/#/--ignore=tests/integration/}" || status=1
+  "${first[@]/#/--ignore=tests/integration/}" "${oldest_only[@]/#/--ignore=tests/integration/}" \
+  || status=1
 wait "$first_pid" || status=1
 cat "$logs/first.log"
 wait "$oldest_pid" || status=1
 oldest_dbt=$("$oldest_env/bin/python" -c \
   'import dbt.version, sys; print(f"dbt-core {dbt.version.__version__}, Python {sys.version.split()[0]}")')
-echo "=== the worker and reuse-case tests on the oldest dbt ($oldest_dbt) ==="
+echo "=== on the oldest dbt ($oldest_dbt): worker, reuse cases, crash probes, browser, S3 races ==="
 cat "$logs/oldest.log"
 exit "$status"

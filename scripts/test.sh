@@ -51,22 +51,26 @@ if [ -z "${ORCHESTRA_TEST_PG_HOST:-}" ] \
   [ "$installed" = 0 ] || exit "$installed"
 fi
 
-uv run --frozen ruff check .
-uv run --frozen ruff format --check .
-uv run --frozen mypy airflow_provider_orchestra_dbt
+lint() {
+  uv run --frozen ruff check . && uv run --frozen ruff format --check . \
+    && uv run --frozen mypy airflow_provider_orchestra_dbt
+}
 
 # With no arguments, three pytest sessions share the machine's two cores (they share nothing
 # else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
-#   * the unit tests and Airflow end to end (the Celery multi-worker test too), on the newest
-#     dbt (the lock's default environment);
+#   * the unit tests and Airflow end to end (scheduler, `dags test`, the README's commands),
+#     on the newest dbt (the lock's default environment);
 #   * every other integration test on the newest dbt: the reuse cases on DuckDB and
-#     PostgreSQL, commands, dbt 1.12 features, freshness, locks, bad input, foreign writers;
+#     PostgreSQL, commands, dbt 1.12 features, freshness, bad input, the Celery multi-worker
+#     test;
 #   * on the oldest dbt we support (dbt-core 1.10), in a second environment from the same
 #     lock, on the newest Python the machine has: the worker's unit tests and the reuse cases
 #     that read what differs between dbt versions (manifest, macros, vars, seeds, test
 #     results, build_after); and, since they do not depend on dbt's version, the crash
-#     probes, the browser test and the S3 store's races, which run in this session only.
+#     probes, concurrent runs and locks, foreign writers, the browser test and the S3
+#     store's races, which run in this session only.
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
+  lint
   status=0
   uv run --frozen pytest "$@" || status=$?
   exit "$status"
@@ -76,18 +80,21 @@ oldest_python=$(uv python find 3.13 2>/dev/null \
   || ls "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13 2>/dev/null | tail -n 1 \
   || true)
 [ -n "$oldest_python" ] || oldest_python=$(uv python find)
-UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --python "$oldest_python" \
-  --no-group dbt-newest --group dbt-oldest
 logs=$(mktemp -d)
 trap 'rm -rf "$logs" "$pycache"' EXIT
 
 first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
   test_connection_form.py test_dbt_python.py test_state_http.py test_hook_backends.py
-  test_readme_commands.py test_celery_workers.py)
-oldest_only=(test_crash_safety.py test_airflow_ui.py test_state_s3.py)
+  test_readme_commands.py)
+oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock.py
+  test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_state_s3.py)
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!
+# Lint, types and the second environment while the first session runs: each is one process
+# on one core, and the sessions keep the other busy.
+UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --python "$oldest_python" \
+  --no-group dbt-newest --group dbt-oldest
 oldest_duckdb="editing_a_macro or changing_a_var or changing_a_seed or failing_error_test"
 oldest_reuse="first_run or second_run or new_rows_in_one_source"
 oldest_reuse+=" or (duckdb and ($oldest_duckdb or build_after))"
@@ -98,6 +105,7 @@ oldest_reuse+=" or (duckdb and ($oldest_duckdb or build_after))"
   -k "not test_reuse or $oldest_reuse" >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!
 status=0
+lint || status=1
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/second" tests/integration \
   "${first[@]/#/--ignore=tests/integration/}" "${oldest_only[@]/#/--ignore=tests/integration/}" \
   || status=1
@@ -106,6 +114,6 @@ cat "$logs/first.log"
 wait "$oldest_pid" || status=1
 oldest_dbt=$("$oldest_env/bin/python" -c \
   'import dbt.version, sys; print(f"dbt-core {dbt.version.__version__}, Python {sys.version.split()[0]}")')
-echo "=== on the oldest dbt ($oldest_dbt): worker, reuse cases, crash probes, browser, S3 races ==="
+echo "=== on the oldest dbt ($oldest_dbt): worker, reuse cases, processes and locks, browser, S3 ==="
 cat "$logs/oldest.log"
 exit "$status"

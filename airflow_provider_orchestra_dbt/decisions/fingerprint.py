@@ -37,6 +37,9 @@ _PART_LABELS = {GRAPH_PART: "project graph"}
 class Fingerprint:
     checksum: str
     parts: Mapping[str, str]
+    unknown: tuple[str, ...] = ()
+    """Inputs of the node's SQL this run cannot see (e.g. ``var 'x'`` where the project's var
+    values are unknown, a seed file's content): the checksum cannot vouch for them."""
 
     def changed_parts(self, recorded: Mapping[str, Any] | None) -> list[str]:
         if not recorded:
@@ -120,8 +123,9 @@ class Fingerprinter:
         graph: Graph,
         *,
         cli_vars: Mapping[str, Any],
-        env: Mapping[str, str],
+        env: Mapping[str, str] | None,
     ) -> None:
+        """``env`` is None where dbt runs in an environment this process cannot see."""
         self._graph = graph
         # What each node's code reads: the planner asks too, so it is public (one scan a run).
         self.reads = CodeScanner(graph)
@@ -161,8 +165,17 @@ class Fingerprinter:
                 if p in graph and graph[p].is_ephemeral
             },
         }
+        unknown: list[str] = []
         if node.resource_type == "seed":
             code["file"] = node.file_hash
+            if node.file_hash is None:
+                unknown.append("the seed file's content")
+        if graph.project_vars is None:
+            unknown += [f"var {name!r}" for name in sorted(var_names) if name not in self._cli_vars]
+        env = self._env
+        if env is None:
+            unknown += [f"env var {name!r}" for name in sorted(env_names)]
+            env = {}
         config = {k: v for k, v in node.config.items() if k not in _CONFIG_IGNORED}
         parts = {
             "code": _digest(code),
@@ -170,15 +183,17 @@ class Fingerprinter:
             "macros": self._macros_digest(closure_key),
             "vars": _digest(
                 {
-                    name: resolve_var(name, node.package_name, self._cli_vars, graph.project_vars)
+                    name: resolve_var(
+                        name, node.package_name, self._cli_vars, graph.project_vars or {}
+                    )
                     for name in sorted(var_names)
                 }
             ),
-            "env_vars": _digest({name: self._env.get(name, _UNSET) for name in sorted(env_names)}),
+            "env_vars": _digest({name: env.get(name, _UNSET) for name in sorted(env_names)}),
         }
         if self.reads(node.unique_id).project:
             parts[GRAPH_PART] = self._project()
-        return Fingerprint(checksum=_digest(parts), parts=parts)
+        return Fingerprint(checksum=_digest(parts), parts=parts, unknown=tuple(unknown))
 
     def _project(self) -> str:
         """What ``graph`` shows of every node that decides a reader's result, once per run.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 from graphlib import TopologicalSorter
+from types import MappingProxyType
 from typing import Any
 
 STATEFUL_TYPES = frozenset({"model", "seed", "snapshot"})
@@ -134,13 +135,14 @@ class Graph:
         *,
         project_name: str | None = None,
         adapter_type: str | None = None,
-        project_vars: Mapping[str, Any] | None = None,
+        project_vars: Mapping[str, Any] | None = MappingProxyType({}),
     ) -> None:
         self.nodes: dict[str, Node] = {n.unique_id: n for n in nodes}
         self.macros: dict[str, Macro] = {m.unique_id: m for m in macros}
         self.project_name = project_name
         self.adapter_type = adapter_type
-        self.project_vars: Mapping[str, Any] = project_vars or {}
+        # None: the project's var values are unknown (a manifest artifact does not carry them).
+        self.project_vars = project_vars
         self._upstream: dict[str, Upstream] = {}
 
     @classmethod
@@ -154,7 +156,7 @@ class Graph:
             macros,
             project_name=message.get("project_name"),
             adapter_type=message.get("adapter_type"),
-            project_vars=message.get("project_vars") or {},
+            project_vars=message.get("project_vars", {}),
         )
 
     def __getitem__(self, unique_id: str) -> Node:

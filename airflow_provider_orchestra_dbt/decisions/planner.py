@@ -279,6 +279,8 @@ class _Planner:
                 f"another tool rebuilt it at {foreign[1].isoformat()} (state entry {foreign[0]}),"
                 " after our last build"
             )
+        if fp.unknown:
+            return build(f"cannot tell whether it changed: {', '.join(fp.unknown)} not known")
         if entry.checksum != fp.checksum:
             changed = fp.changed_parts(entry.checksum_parts)
             what = ", ".join(changed) if changed else "code fingerprint differs from state"

@@ -48,7 +48,7 @@ def base_graph(m2_build_after: BuildAfter | None = None) -> Graph:
         [
             source(SRC_A),
             source(SRC_B),
-            Node(SEED, "seed", "s1", "p", "db", "main", "s1", "seed"),
+            Node(SEED, "seed", "s1", "p", "db", "main", "s1", "seed", file_hash="s1-csv-sha"),
             model(STG, SRC_A, materialized="view"),
             model(EPH, SRC_B, materialized="ephemeral"),
             model(M1, STG, EPH),

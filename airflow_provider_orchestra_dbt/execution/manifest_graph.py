@@ -17,15 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["ManifestError", "graph_message"]
+__all__ = ["ArtifactError", "graph_message"]
 
 # Node types the planner and the selection know; analyses, operations and the like are not
 # built by `dbt build` and are left out, as the worker leaves them out of its selection.
 _NODE_TYPES = frozenset({"model", "seed", "snapshot", "test"})
 
 
-class ManifestError(ValueError):
-    """The manifest is not one dbt wrote: names the artifact and the missing part."""
+class ArtifactError(ValueError):
+    """A dbt artifact is not what dbt writes: the message names the artifact and the fault."""
 
 
 def graph_message(
@@ -39,7 +39,7 @@ def graph_message(
     ``origin`` names the artifact in errors (e.g. ``"manifest.json of dbt Cloud run 42"``).
     """
     if not isinstance(manifest, Mapping):
-        raise ManifestError(f"{origin} is not a dbt manifest: not a JSON object")
+        raise ArtifactError(f"{origin} is not a dbt manifest: not a JSON object")
     try:
         metadata = manifest["metadata"]
         raw_nodes: Mapping[str, Any] = manifest["nodes"]
@@ -47,14 +47,14 @@ def graph_message(
         raw_unit_tests: Mapping[str, Any] = manifest.get("unit_tests") or {}
         raw_macros: Mapping[str, Any] = manifest.get("macros") or {}
     except (KeyError, TypeError) as exc:
-        raise ManifestError(f"{origin} is not a dbt manifest: no {exc}") from None
+        raise ArtifactError(f"{origin} is not a dbt manifest: no {exc}") from None
     nodes: list[dict[str, Any]] = []
     try:
         nodes += [_node_facts(n) for n in raw_nodes.values() if n["resource_type"] in _NODE_TYPES]
         nodes += [_source_facts(s) for s in raw_sources.values()]
         nodes += [_unit_test_facts(u) for u in raw_unit_tests.values()]
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ManifestError(f"{origin}: a node lacks a field dbt always writes ({exc})") from None
+        raise ArtifactError(f"{origin}: a node lacks a field dbt always writes ({exc})") from None
     return {
         "type": "graph",
         "adapter_type": metadata.get("adapter_type"),

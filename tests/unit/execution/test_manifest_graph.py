@@ -9,7 +9,7 @@ import pytest
 
 from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprinter
 from airflow_provider_orchestra_dbt.decisions.graph import Graph
-from airflow_provider_orchestra_dbt.execution.manifest_graph import ManifestError, graph_message
+from airflow_provider_orchestra_dbt.execution.manifest_graph import ArtifactError, graph_message
 
 MANIFEST: dict[str, Any] = {
     "metadata": {"adapter_type": "duckdb", "project_name": "shop"},
@@ -131,6 +131,6 @@ def test_a_selection_is_kept() -> None:
     ],
 )
 def test_what_is_not_a_manifest_is_refused_naming_the_artifact(manifest: Any, message: str) -> None:
-    with pytest.raises(ManifestError) as raised:
+    with pytest.raises(ArtifactError) as raised:
         graph_message(manifest, origin="manifest.json of run 7")
     assert message in str(raised.value)

@@ -86,7 +86,7 @@ trap 'rm -rf "$logs" "$pycache"' EXIT
 first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
   test_connection_form.py test_dbt_python.py test_state_http.py test_hook_backends.py
   test_readme_commands.py test_dbt_cloud_fake.py)
-oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock.py
+oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock_runs.py
   test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_state_s3.py)
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &

@@ -88,3 +88,28 @@ def test_wrong_token_unknown_job_and_rate_limits_answer_like_dbt_cloud(
     monkeypatch.setenv("AIRFLOW_CONN_DBT_CLOUD_WRONG", json.dumps(server.connection("nope")))
     with pytest.raises(Exception, match=r"^401:"):
         DbtCloudHook("dbt_cloud_wrong").get_job(job_id=JOB)
+
+
+SLOW_SQL = "{{ config(materialized='table') }}\nselect count(*) as n from range(20000000000)\n"
+
+
+def test_a_cancelled_run_stops_dbt_and_says_cancelled(
+    cloud: tuple[DbtCloudServer, Workspace],
+) -> None:
+    from airflow.providers.dbt.cloud.hooks.dbt import DbtCloudHook
+
+    server, ws = cloud
+    (ws.project / "models" / "slow_for_cancel.sql").write_text(SLOW_SQL)
+    hook = DbtCloudHook(CONN_ID)
+    run_id = hook.trigger_job_run(
+        job_id=JOB, cause="cancel me", steps_override=["dbt run --select slow_for_cancel"]
+    ).json()["data"]["id"]
+    log = server.runs[run_id].directory / "step-1" / "step.log"
+    deadline = time.monotonic() + 120
+    while "slow_for_cancel" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the slow model never started"
+        time.sleep(0.2)
+    hook.cancel_job_run(run_id)
+    assert hook.get_job_run_status(run_id) == 30
+    process = server.runs[run_id].process
+    assert process is not None and process.poll() is not None, "dbt still runs"

@@ -2,7 +2,9 @@
 
 The ground the state-aware dbt Cloud operator (issue 15) is tested on: the provider's own
 client triggers a job with ``steps_override`` over HTTPS on 127.0.0.1, polls it, and reads its
-artifacts, which real dbt wrote on DuckDB and which this package's readers understand.
+artifacts, which real dbt wrote on DuckDB and which this package's readers understand; then
+``DbtCloudJob`` (hooks/dbt_cloud_job.py) on top of it: step artifacts, failed steps, errors
+that name the connection, account and job, and a run cancelled when it outlives its timeout.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.dbt_cloud_server import SUCCESS, DbtCloudServer
+from support.dbt_cloud_server import CANCELLED, SUCCESS, DbtCloudServer
 from support.tutorial import Baseline, Workspace, short
 
 from airflow_provider_orchestra_dbt.decisions.graph import Graph
 from airflow_provider_orchestra_dbt.execution.manifest_graph import graph_message
 from airflow_provider_orchestra_dbt.execution.run_artifacts import node_results
+from airflow_provider_orchestra_dbt.hooks.dbt_cloud_job import DbtCloudJob, DbtCloudJobError
 
 pytestmark = pytest.mark.integration
 
@@ -72,44 +75,59 @@ def test_a_job_triggered_with_steps_override_runs_them_and_serves_real_artifacts
     assert {r.unique_id for r in results} <= graph.nodes.keys()
 
 
-def test_wrong_token_unknown_job_and_rate_limits_answer_like_dbt_cloud(
-    cloud: tuple[DbtCloudServer, Workspace], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from airflow.providers.dbt.cloud.hooks.dbt import DbtCloudHook
-
-    server, _ws = cloud
-    hook = DbtCloudHook(CONN_ID)
-    with pytest.raises(Exception, match=r"^404:"):
-        hook.get_job(job_id=999)
-    server.fail_next(429)
-    with pytest.raises(Exception, match=r"^429:"):
-        hook.get_job(job_id=JOB)
-    assert hook.get_job(job_id=JOB).json()["data"]["execute_steps"] == ["dbt build"]
-    monkeypatch.setenv("AIRFLOW_CONN_DBT_CLOUD_WRONG", json.dumps(server.connection("nope")))
-    with pytest.raises(Exception, match=r"^401:"):
-        DbtCloudHook("dbt_cloud_wrong").get_job(job_id=JOB)
-
-
 SLOW_SQL = "{{ config(materialized='table') }}\nselect count(*) as n from range(20000000000)\n"
 
 
-def test_a_cancelled_run_stops_dbt_and_says_cancelled(
+def test_the_job_client_triggers_waits_and_reads_a_steps_artifacts(
     cloud: tuple[DbtCloudServer, Workspace],
 ) -> None:
-    from airflow.providers.dbt.cloud.hooks.dbt import DbtCloudHook
+    server, _ws = cloud
+    job = DbtCloudJob(CONN_ID, JOB, poll_interval=0.2, timeout=240)
+    run_id = job.trigger(["dbt seed", "dbt run --select stg_orders"], cause="two steps")
+    run = job.wait(run_id)
+    assert (run.id, run.status_name) == (run_id, "success")
+    assert server.runs[run_id].steps == ["dbt seed", "dbt run --select stg_orders"]
+    assert "run_results.json" in job.artifact_names(run_id, step=1)
+    first = node_results(job.artifact(run_id, "run_results.json", step=1), origin="step 1")
+    last = node_results(job.artifact(run_id, "run_results.json"), origin="last step")
+    assert {short(r.unique_id) for r in first} == {"country_codes"}
+    assert {short(r.unique_id) for r in last} == {"stg_orders"}
 
+    failing = job.trigger(["dbt run-operation no_such_macro"], cause="fails")
+    assert job.wait(failing).status_name == "error"
+
+
+def test_errors_name_the_connection_account_and_job_and_never_the_token(
+    cloud: tuple[DbtCloudServer, Workspace], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ws = cloud
+    messages = []
+    with pytest.raises(DbtCloudJobError) as missing:
+        DbtCloudJob(CONN_ID, 999).trigger(["dbt build"], cause="x")
+    messages.append(str(missing.value))
+    assert "job 999" in messages[-1] and "not found: check the job id" in messages[-1]
+    server.fail_next(429)
+    with pytest.raises(DbtCloudJobError) as limited:
+        DbtCloudJob(CONN_ID, JOB).status(1)
+    messages.append(str(limited.value))
+    assert "rate-limited" in messages[-1]
+    monkeypatch.setenv("AIRFLOW_CONN_DBT_CLOUD_WRONG", json.dumps(server.connection("nope-9f")))
+    with pytest.raises(DbtCloudJobError) as refused:
+        DbtCloudJob("dbt_cloud_wrong", JOB).trigger(["dbt build"], cause="x")
+    messages.append(str(refused.value))
+    assert "'dbt_cloud_wrong'" in messages[-1] and "API token was refused" in messages[-1]
+    assert not any(server.token in m or "nope-9f" in m for m in messages)
+
+
+def test_a_run_past_its_timeout_is_cancelled_and_dbt_stopped(
+    cloud: tuple[DbtCloudServer, Workspace],
+) -> None:
     server, ws = cloud
     (ws.project / "models" / "slow_for_cancel.sql").write_text(SLOW_SQL)
-    hook = DbtCloudHook(CONN_ID)
-    run_id = hook.trigger_job_run(
-        job_id=JOB, cause="cancel me", steps_override=["dbt run --select slow_for_cancel"]
-    ).json()["data"]["id"]
-    log = server.runs[run_id].directory / "step-1" / "step.log"
-    deadline = time.monotonic() + 120
-    while "slow_for_cancel" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline, "the slow model never started"
-        time.sleep(0.2)
-    hook.cancel_job_run(run_id)
-    assert hook.get_job_run_status(run_id) == 30
+    job = DbtCloudJob(CONN_ID, JOB, poll_interval=0.2, timeout=8)
+    run_id = job.trigger(["dbt run --select slow_for_cancel"], cause="too slow")
+    with pytest.raises(DbtCloudJobError, match=f"run {run_id} did not finish within 8 s"):
+        job.wait(run_id)
+    assert server.runs[run_id].status == CANCELLED
     process = server.runs[run_id].process
-    assert process is not None and process.poll() is not None, "dbt still runs"
+    assert process is None or process.poll() is not None, "dbt still runs"

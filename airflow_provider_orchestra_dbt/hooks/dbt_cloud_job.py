@@ -1,0 +1,184 @@
+"""One dbt Cloud job driven through the official ``DbtCloudHook``: trigger, wait, read, cancel.
+
+The state-aware dbt Cloud path (docs/design.md §2.2) needs a handful of calls on one job; the
+provider's hook makes them (its connection, token handling, retries of connection errors),
+and this class adds what a run needs on top: polling with a deadline that cancels
+the run when it passes, a step's artifacts as JSON, and errors that name the account and job
+and say what to check. The hook never puts the API token in its messages, and neither does
+this class.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.providers.dbt.cloud.hooks.dbt import DbtCloudHook
+
+__all__ = ["DbtCloudJob", "DbtCloudJobError", "DbtCloudRun"]
+
+QUEUED, STARTING, RUNNING, SUCCESS, ERROR, CANCELLED = 1, 2, 3, 10, 20, 30
+TERMINAL = frozenset({SUCCESS, ERROR, CANCELLED})
+STATUS_NAMES = {
+    1: "queued",
+    2: "starting",
+    3: "running",
+    10: "success",
+    20: "error",
+    30: "cancelled",
+}
+_HTTP_MEANINGS = {
+    401: "the API token was refused: check the connection's API Token",
+    403: "the API token may not do this: check its permissions for this job",
+    404: "not found: check the job id and the connection's Account ID",
+    429: "dbt Cloud rate-limited the requests (HTTP 429): try again later",
+}
+
+
+class DbtCloudJobError(RuntimeError):
+    """A dbt Cloud call failed; the message names the connection, account, job and run."""
+
+
+@dataclass(frozen=True)
+class DbtCloudRun:
+    """A finished run: its id, dbt Cloud status (``SUCCESS``, ``ERROR``, ``CANCELLED``) and page."""
+
+    id: int
+    status: int
+    href: str | None = None
+
+    @property
+    def status_name(self) -> str:
+        return STATUS_NAMES.get(self.status, str(self.status))
+
+
+class DbtCloudJob:
+    """Job ``job_id`` of the account in connection ``conn_id`` (or ``account_id``)."""
+
+    def __init__(
+        self,
+        conn_id: str,
+        job_id: int,
+        *,
+        account_id: int | None = None,
+        poll_interval: float = 10.0,
+        timeout: float = 24 * 3600.0,
+    ) -> None:
+        self.conn_id = conn_id
+        self.job_id = job_id
+        self.account_id = account_id
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+
+    @cached_property
+    def hook(self) -> DbtCloudHook:
+        # Imported here: the provider is an optional dependency, and DAG files that only
+        # build the operator must parse without it.
+        from airflow.providers.dbt.cloud.hooks.dbt import DbtCloudHook
+
+        return DbtCloudHook(self.conn_id, retry_limit=3, retry_delay=1.0)
+
+    @property
+    def where(self) -> str:
+        account = "its account" if self.account_id is None else f"account {self.account_id}"
+        return f"dbt Cloud connection {self.conn_id!r}, {account}, job {self.job_id}"
+
+    def trigger(self, steps: Sequence[str], cause: str) -> int:
+        """Start a run of the job with ``steps`` instead of its own; returns the run id."""
+        response = self._call(
+            "triggering a run",
+            lambda: self.hook.trigger_job_run(
+                job_id=self.job_id,
+                cause=cause,
+                account_id=self.account_id,
+                steps_override=list(steps),
+            ),
+        )
+        return int(response.json()["data"]["id"])
+
+    def status(self, run_id: int) -> int:
+        response = self._call(
+            f"reading run {run_id}",
+            lambda: self.hook.get_job_run(run_id=run_id, account_id=self.account_id),
+        )
+        return int(response.json()["data"]["status"])
+
+    def wait(self, run_id: int, stop: threading.Event | None = None) -> DbtCloudRun:
+        """Poll until the run ends. Past ``timeout``, or once ``stop`` is set, the run is
+        cancelled first and ``DbtCloudJobError`` raised: no run is left behind."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            response = self._call(
+                f"reading run {run_id}",
+                lambda: self.hook.get_job_run(run_id=run_id, account_id=self.account_id),
+            )
+            data = response.json()["data"]
+            if int(data["status"]) in TERMINAL:
+                return DbtCloudRun(int(data["id"]), int(data["status"]), data.get("href"))
+            if stop is not None and stop.is_set():
+                self.cancel(run_id)
+                raise DbtCloudJobError(f"{self.where}: run {run_id} was stopped and cancelled")
+            if time.monotonic() >= deadline:
+                self.cancel(run_id)
+                raise DbtCloudJobError(
+                    f"{self.where}: run {run_id} did not finish within {self.timeout:g} s "
+                    "and was cancelled"
+                )
+            if stop is not None:
+                stop.wait(self.poll_interval)
+            else:
+                time.sleep(self.poll_interval)
+
+    def cancel(self, run_id: int) -> None:
+        self._call(
+            f"cancelling run {run_id}",
+            lambda: self.hook.cancel_job_run(run_id=run_id, account_id=self.account_id),
+        )
+
+    def artifact_names(self, run_id: int, step: int | None = None) -> list[str]:
+        response = self._call(
+            f"listing the artifacts of run {run_id}",
+            lambda: self.hook.list_job_run_artifacts(
+                run_id=run_id, account_id=self.account_id, step=step
+            ),
+        )
+        return [str(name) for name in response.json()["data"]]
+
+    def artifact(self, run_id: int, path: str, step: int | None = None) -> Any:
+        """A JSON artifact of the run's step ``step`` (1-based; default: its last step)."""
+        response = self._call(
+            f"reading {path} of run {run_id}" + (f" step {step}" if step else ""),
+            lambda: self.hook.get_job_run_artifact(
+                run_id=run_id, path=path, account_id=self.account_id, step=step
+            ),
+        )
+        try:
+            return response.json()
+        except ValueError:
+            raise DbtCloudJobError(f"{self.where}: {path} of run {run_id} is not JSON") from None
+
+    def _call(self, what: str, call: Any) -> Any:
+        try:
+            return call()
+        except Exception as exc:
+            # The provider raises AirflowException("404:Not Found") or requests' errors.
+            code = _http_status(exc)
+            meaning = _HTTP_MEANINGS.get(code or 0) or (
+                f"HTTP {code}" if code else f"{type(exc).__name__}: {exc}"
+            )
+            raise DbtCloudJobError(f"{self.where}: {what} failed: {meaning}") from exc
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return status
+    match = re.match(r"(\d{3}):", str(exc))
+    return int(match.group(1)) if match else None

@@ -124,9 +124,9 @@ def test_a_run_past_its_timeout_is_cancelled_and_dbt_stopped(
 ) -> None:
     server, ws = cloud
     (ws.project / "models" / "slow_for_cancel.sql").write_text(SLOW_SQL)
-    job = DbtCloudJob(CONN_ID, JOB, poll_interval=0.2, timeout=8)
+    job = DbtCloudJob(CONN_ID, JOB, poll_interval=0.2, timeout=4)
     run_id = job.trigger(["dbt run --select slow_for_cancel"], cause="too slow")
-    with pytest.raises(DbtCloudJobError, match=f"run {run_id} did not finish within 8 s"):
+    with pytest.raises(DbtCloudJobError, match=f"run {run_id} did not finish within 4 s"):
         job.wait(run_id)
     assert server.runs[run_id].status == CANCELLED
     process = server.runs[run_id].process

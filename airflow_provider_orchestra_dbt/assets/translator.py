@@ -103,7 +103,7 @@ class NodeRefs:
         self,
         adapter_type: str | None,
         *,
-        project_dir: str | Path,
+        project_dir: str | Path | None,
         profiles_dir: str | Path | None,
         target: str | None,
     ) -> None:

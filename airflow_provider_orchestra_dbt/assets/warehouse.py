@@ -42,14 +42,17 @@ class Warehouse:
 def warehouse_for(
     adapter_type: str | None,
     *,
-    project_dir: str | Path,
+    project_dir: str | Path | None,
     profiles_dir: str | Path | None,
     target: str | None,
     database: str | None = None,
 ) -> Warehouse:
-    """The namespace of the target, falling back to the adapter and database if unreadable."""
+    """The namespace of the target, falling back to the adapter and database if unreadable.
+
+    ``project_dir`` None: dbt runs elsewhere (dbt Cloud) and its profile is not readable here.
+    """
     adapter = adapter_type or "dbt"
-    output = _target_output(Path(project_dir), profiles_dir, target)
+    output = _target_output(Path(project_dir), profiles_dir, target) if project_dir else {}
     host = output.get("host")
     if host:
         port = output.get("port") or _DEFAULT_PORTS.get(adapter)

@@ -10,7 +10,7 @@ its readers); a schema the catalog does not cover is not checked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from airflow_provider_orchestra_dbt.decisions.outcomes import NodeResult
@@ -53,11 +53,16 @@ def probe_message(
     *,
     wanted_sources: Iterable[str],
     origin: str,
+    covered_schemas: Iterable[Sequence[str]] = (),
 ) -> dict[str, Any]:
     """The worker's ``probe_result`` message from ``sources.json`` and ``catalog.json``.
 
     Either may be ``None`` (the job has no such step). Sources in ``wanted_sources`` that
     ``sources`` does not measure, or measured with an error, are unknown.
+    ``covered_schemas`` (``[database, schema]``) are those the catalog was generated for
+    (``dbt docs generate --select`` lists every selected relation that exists): a relation
+    of theirs it does not list does not exist. They are keyed as given, and matched to the
+    catalog without regard to case (warehouses report names in their own case).
     """
     measured = _freshness(sources, origin) if sources is not None else {}
     freshness = {
@@ -65,6 +70,11 @@ def probe_message(
         for uid in wanted_sources
     }
     relations = _relations(catalog, origin) if catalog is not None else {}
+    if catalog is not None:
+        by_lower = {key.lower(): listing for key, listing in relations.items()}
+        for database, schema in covered_schemas:
+            key = f"{database}.{schema}"
+            relations[key] = by_lower.get(key.lower(), {"names": []})
     return {"type": "probe_result", "freshness": freshness, "relations": relations}
 
 

@@ -31,18 +31,8 @@ from pathlib import Path
 
 from airflow_provider_orchestra_dbt.decisions.fingerprint import Fingerprinter
 from airflow_provider_orchestra_dbt.decisions.graph import Graph
-from airflow_provider_orchestra_dbt.decisions.outcomes import (
-    KNOWN_STATUSES,
-    NodeResult,
-    state_updates,
-)
-from airflow_provider_orchestra_dbt.decisions.planner import (
-    Plan,
-    PlanOptions,
-    Probe,
-    plan,
-    probe_targets,
-)
+from airflow_provider_orchestra_dbt.decisions.outcomes import KNOWN_STATUSES, NodeResult
+from airflow_provider_orchestra_dbt.decisions.planner import Plan, PlanOptions, Probe, probe_targets
 from airflow_provider_orchestra_dbt.execution.config import DbtRunConfig
 from airflow_provider_orchestra_dbt.execution.executor import (
     DbtLogLine,
@@ -66,6 +56,11 @@ from airflow_provider_orchestra_dbt.execution.run_lock import (
     RunLock,
     RunLockError,
     RunLockStopped,
+)
+from airflow_provider_orchestra_dbt.execution.run_steps import (
+    logged_plan,
+    record_outcomes,
+    seconds_saved,
 )
 from airflow_provider_orchestra_dbt.execution.warehouse_lock import (
     advisory_lock_key,
@@ -218,17 +213,16 @@ class DbtSession:
         )
         # Variables dbt took from a .env arrive as digests: as good as values for a fingerprint.
         env = {**self._executor_env(), **self._dotenv}
-        fingerprint = Fingerprinter(facts.graph, cli_vars=config.vars, env=env)
-        the_plan = plan(facts.graph, list(facts.selected), state, fingerprint, probe, options)
-        self.log.info(
-            "Plan (%d nodes, %d to build):\n%s",
-            len(the_plan.decisions),
-            len(the_plan.to_execute()),
-            _plan_report(facts.graph, the_plan).plan_table(
-                full=wants_full_plan(self._executor_env())
-            ),
+        return logged_plan(
+            self.log,
+            facts.graph,
+            facts.selected,
+            state,
+            Fingerprinter(facts.graph, cli_vars=config.vars, env=env),
+            probe,
+            options,
+            full_table=wants_full_plan(self._executor_env()),
         )
-        return the_plan
 
     def _execute(
         self, executor: Executor, graph: Graph, the_plan: Plan, state: StateEntries, probe: Probe
@@ -380,23 +374,14 @@ class DbtSession:
         return document.entries
 
     def _record(self, graph: Graph, the_plan: Plan, state: StateEntries, probe: Probe) -> int:
-        outcome = state_updates(
-            graph, the_plan, self._results, state, probe, run_info=self.config.run_info
+        results, run_info = self._results, self.config.run_info
+        return record_outcomes(
+            self.store, self.log, graph, the_plan, results, state, probe, run_info
         )
-        if self.store is None or not outcome.updates:
-            return 0
-        self.store.save(outcome.updates)
-        self.log.info("Saved %d state entries to %s", len(outcome.updates), self.store.description)
-        return len(outcome.updates)
 
     def _report(
         self, graph: Graph, the_plan: Plan, state: StateEntries, *, exit_code: int, updates: int
     ) -> RunReport:
-        saved = 0.0
-        for decision in the_plan.reused():
-            entry = state.get(decision.key or "") if decision.key else None
-            if entry is not None and entry.execution_time is not None:
-                saved += float(entry.execution_time)
         return RunReport(
             command=self.config.command,
             target=self.config.target,
@@ -405,7 +390,7 @@ class DbtSession:
             graph=graph,
             plan=the_plan,
             results=dict(self._results),
-            time_saved_seconds=saved,
+            time_saved_seconds=seconds_saved(the_plan, state),
             state_updates=updates,
             run_info=self.config.run_info,
             unmatched_selection=tuple(self._unmatched),
@@ -506,12 +491,6 @@ def _lease_ttl() -> float:
     except ValueError:
         return DEFAULT_LEASE_TTL
     return ttl if ttl > 0 else DEFAULT_LEASE_TTL
-
-
-def _plan_report(graph: Graph, the_plan: Plan) -> RunReport:
-    return RunReport(
-        command=the_plan.options.command, target=None, exit_code=0, graph=graph, plan=the_plan
-    )
 
 
 def _where(config: DbtRunConfig) -> str:

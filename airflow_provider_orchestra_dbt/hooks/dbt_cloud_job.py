@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow.providers.dbt.cloud.hooks.dbt import DbtCloudHook
 
-__all__ = ["DbtCloudJob", "DbtCloudJobError", "DbtCloudRun"]
+__all__ = ["DbtCloudJob", "DbtCloudJobDefinition", "DbtCloudJobError", "DbtCloudRun"]
 
 QUEUED, STARTING, RUNNING, SUCCESS, ERROR, CANCELLED = 1, 2, 3, 10, 20, 30
 TERMINAL = frozenset({SUCCESS, ERROR, CANCELLED})
@@ -33,11 +33,15 @@ STATUS_NAMES = {
     20: "error",
     30: "cancelled",
 }
+# HTTP 429: retried this often, waiting Retry-After (capped) or backing off exponentially.
+RATE_LIMIT_RETRIES = 4
+RATE_LIMIT_BACKOFF = 2.0
+RATE_LIMIT_MAX_WAIT = 60.0
 _HTTP_MEANINGS = {
     401: "the API token was refused: check the connection's API Token",
     403: "the API token may not do this: check its permissions for this job",
     404: "not found: check the job id and the connection's Account ID",
-    429: "dbt Cloud rate-limited the requests (HTTP 429): try again later",
+    429: "dbt Cloud kept rate-limiting the requests (HTTP 429) after retries: try again later",
 }
 
 
@@ -56,6 +60,19 @@ class DbtCloudRun:
     @property
     def status_name(self) -> str:
         return STATUS_NAMES.get(self.status, str(self.status))
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class DbtCloudJobDefinition:
+    """What a job runs when triggered as configured, and where: account and environment."""
+
+    account_id: int | None
+    environment_id: int | None
+    steps: tuple[str, ...]
 
 
 class DbtCloudJob:
@@ -89,38 +106,53 @@ class DbtCloudJob:
         account = "its account" if self.account_id is None else f"account {self.account_id}"
         return f"dbt Cloud connection {self.conn_id!r}, {account}, job {self.job_id}"
 
-    def trigger(self, steps: Sequence[str], cause: str) -> int:
-        """Start a run of the job with ``steps`` instead of its own; returns the run id."""
+    def trigger(self, steps: Sequence[str] | None, cause: str) -> int:
+        """Start a run of the job with ``steps`` instead of its own (None: as configured);
+        returns the run id."""
         response = self._call(
             "triggering a run",
             lambda: self.hook.trigger_job_run(
                 job_id=self.job_id,
                 cause=cause,
                 account_id=self.account_id,
-                steps_override=list(steps),
+                steps_override=list(steps) if steps is not None else None,
             ),
         )
         return int(response.json()["data"]["id"])
 
-    def status(self, run_id: int) -> int:
+    def definition(self) -> DbtCloudJobDefinition:
+        """The job as configured in dbt Cloud: its environment and its steps."""
+        response = self._call(
+            "reading the job",
+            lambda: self.hook.get_job(job_id=self.job_id, account_id=self.account_id),
+        )
+        data = response.json()["data"]
+        return DbtCloudJobDefinition(
+            account_id=data.get("account_id"),
+            environment_id=data.get("environment_id"),
+            steps=tuple(str(step) for step in data.get("execute_steps") or ()),
+        )
+
+    def run(self, run_id: int) -> DbtCloudRun:
+        """The run as it is now (its status may not be terminal yet)."""
         response = self._call(
             f"reading run {run_id}",
             lambda: self.hook.get_job_run(run_id=run_id, account_id=self.account_id),
         )
-        return int(response.json()["data"]["status"])
+        data = response.json()["data"]
+        return DbtCloudRun(int(data["id"]), int(data["status"]), data.get("href"))
+
+    def status(self, run_id: int) -> int:
+        return self.run(run_id).status
 
     def wait(self, run_id: int, stop: threading.Event | None = None) -> DbtCloudRun:
         """Poll until the run ends. Past ``timeout``, or once ``stop`` is set, the run is
         cancelled first and ``DbtCloudJobError`` raised: no run is left behind."""
         deadline = time.monotonic() + self.timeout
         while True:
-            response = self._call(
-                f"reading run {run_id}",
-                lambda: self.hook.get_job_run(run_id=run_id, account_id=self.account_id),
-            )
-            data = response.json()["data"]
-            if int(data["status"]) in TERMINAL:
-                return DbtCloudRun(int(data["id"]), int(data["status"]), data.get("href"))
+            run = self.run(run_id)
+            if run.finished:
+                return run
             if stop is not None and stop.is_set():
                 self.cancel(run_id)
                 raise DbtCloudJobError(f"{self.where}: run {run_id} was stopped and cancelled")
@@ -142,12 +174,18 @@ class DbtCloudJob:
         )
 
     def artifact_names(self, run_id: int, step: int | None = None) -> list[str]:
-        response = self._call(
-            f"listing the artifacts of run {run_id}",
-            lambda: self.hook.list_job_run_artifacts(
-                run_id=run_id, account_id=self.account_id, step=step
-            ),
-        )
+        """The artifacts of a step; none for a step that wrote none (dbt Cloud answers 404)."""
+        try:
+            response = self._call(
+                f"listing the artifacts of run {run_id}",
+                lambda: self.hook.list_job_run_artifacts(
+                    run_id=run_id, account_id=self.account_id, step=step
+                ),
+            )
+        except DbtCloudJobError as exc:
+            if step is not None and _http_status(exc.__cause__ or exc) == 404:
+                return []
+            raise
         return [str(name) for name in response.json()["data"]]
 
     def artifact(self, run_id: int, path: str, step: int | None = None) -> Any:
@@ -164,15 +202,33 @@ class DbtCloudJob:
             raise DbtCloudJobError(f"{self.where}: {path} of run {run_id} is not JSON") from None
 
     def _call(self, what: str, call: Any) -> Any:
-        try:
-            return call()
-        except Exception as exc:
-            # The provider raises AirflowException("404:Not Found") or requests' errors.
-            code = _http_status(exc)
-            meaning = _HTTP_MEANINGS.get(code or 0) or (
-                f"HTTP {code}" if code else f"{type(exc).__name__}: {exc}"
-            )
-            raise DbtCloudJobError(f"{self.where}: {what} failed: {meaning}") from exc
+        # The provider's hook retries connection errors but not HTTP 429 (it turns the
+        # response into an AirflowException first), so rate limits are waited out here.
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                return call()
+            except Exception as exc:
+                # The provider raises AirflowException("404:Not Found") or requests' errors.
+                code = _http_status(exc)
+                if code == 429 and attempt < RATE_LIMIT_RETRIES:
+                    time.sleep(_retry_after(exc, attempt))
+                    continue
+                meaning = _HTTP_MEANINGS.get(code or 0) or (
+                    f"HTTP {code}" if code else f"{type(exc).__name__}: {exc}"
+                )
+                raise DbtCloudJobError(f"{self.where}: {what} failed: {meaning}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retry_after(exc: BaseException, attempt: int) -> float:
+    """Seconds to wait before retrying a 429: the server's Retry-After, else backing off."""
+    response = getattr(exc, "response", None) or getattr(exc.__cause__, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    try:
+        wanted = float(headers.get("Retry-After", ""))
+    except (TypeError, ValueError):
+        wanted = RATE_LIMIT_BACKOFF * 2**attempt
+    return min(max(wanted, 0.0), RATE_LIMIT_MAX_WAIT)
 
 
 def _http_status(exc: BaseException) -> int | None:

@@ -106,11 +106,14 @@ def test_errors_name_the_connection_account_and_job_and_never_the_token(
         DbtCloudJob(CONN_ID, 999).trigger(["dbt build"], cause="x")
     messages.append(str(missing.value))
     assert "job 999" in messages[-1] and "not found: check the job id" in messages[-1]
-    server.fail_next(429)
+    # Rate limits are waited out (Retry-After), and reported once they outlast the retries.
+    server.fail_next(429, times=2)
+    assert DbtCloudJob(CONN_ID, JOB).definition().steps == ("dbt build",)
+    server.fail_next(429, times=5)
     with pytest.raises(DbtCloudJobError) as limited:
-        DbtCloudJob(CONN_ID, JOB).status(1)
+        DbtCloudJob(CONN_ID, JOB).definition()
     messages.append(str(limited.value))
-    assert "rate-limited" in messages[-1]
+    assert "job 11" in messages[-1] and "rate-limiting" in messages[-1]
     monkeypatch.setenv("AIRFLOW_CONN_DBT_CLOUD_WRONG", json.dumps(server.connection("nope-9f")))
     with pytest.raises(DbtCloudJobError) as refused:
         DbtCloudJob("dbt_cloud_wrong", JOB).trigger(["dbt build"], cause="x")

@@ -13,7 +13,8 @@ and ``SSL_CERT_FILE`` at it). It serves what state-aware dbt Cloud jobs use, and
 * ``GET  /api/v2/accounts/<a>/runs/<r>/artifacts/<path>``     one artifact (last step by default)
 
 ``Authorization: Token <token>`` is required (401), unknown accounts, jobs and runs are 404,
-and ``fail_next`` answers the next requests with a status such as 429. Each run executes its
+and ``fail_next`` answers the next requests with a status such as 429 (with
+``Retry-After: 0``). Each run executes its
 steps (the job's, or ``steps_override``) one after another with the environment's dbt on the
 job's project, each writing its artifacts to a target directory of its own; a failing step
 ends the run in error. Statuses are dbt Cloud's: queued 1, starting 2, running 3, success 10,
@@ -244,6 +245,8 @@ class DbtCloudServer:
                 server.requests.append((method, url.path, status))
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -277,7 +280,14 @@ class DbtCloudServer:
                 body = json.loads(raw or b"{}")
                 return 200, {"data": self._trigger(job, body).data(self.account_id)}
             if not rest[2:] and method == "GET":
-                return 200, {"data": {"id": job.id, "execute_steps": job.steps}}
+                return 200, {
+                    "data": {
+                        "id": job.id,
+                        "account_id": self.account_id,
+                        "environment_id": job.environment_id,
+                        "execute_steps": job.steps,
+                    }
+                }
             return 404, _error(404, "Not found")
         if len(rest) >= 2 and rest[0] == "runs":
             run = self.runs.get(int(rest[1])) if rest[1].isdigit() else None

@@ -1,0 +1,1 @@
+"""Triggers the operators defer to (the Airflow layer)."""

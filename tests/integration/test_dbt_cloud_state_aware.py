@@ -1,0 +1,262 @@
+"""State-aware dbt Cloud runs (hooks/dbt_cloud_executor.py) against the fake dbt Cloud API.
+
+The fake runs real dbt on the tutorial's DuckDB for every step, so after each run of a
+scripted sequence of changes (new source data, an edited model, a failing test, its fix) the
+warehouse is compared with what plain ``dbt build`` jobs make of the same changes on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.dbt_cloud_server import CANCELLED, DbtCloudServer
+from support.tutorial import Baseline, Workspace, day_ago, short
+
+from airflow_provider_orchestra_dbt.hooks.dbt_cloud_executor import (
+    DbtCloudRunOptions,
+    DbtCloudStateAwareRun,
+    PendingBuild,
+)
+from airflow_provider_orchestra_dbt.hooks.dbt_cloud_job import DbtCloudJob, DbtCloudJobError
+from airflow_provider_orchestra_dbt.presentation.report import RunReport
+from airflow_provider_orchestra_dbt.state import LocalFileStateStore
+
+pytestmark = pytest.mark.integration
+
+JOB = 12
+CONN_ID = "dbt_cloud_state_aware"
+# The job passes the vars its models read: dbt Cloud's values are then known, so the models
+# reading them can be reused (a manifest carries no var values; docs/design.md §2.2).
+VARS = "{revenue_start_date: '1900-01-01', data_interval_start: null, data_interval_end: null}"
+JOB_STEPS = [f'dbt build --vars "{VARS}"']
+
+
+class ListLog:
+    """A run logger that keeps every formatted line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str, /, *args: object) -> None:
+        self.lines.append(msg % args if args else msg)
+
+    def warning(self, msg: str, /, *args: object) -> None:
+        self.info(msg, *args)
+
+
+class Cloud:
+    def __init__(self, server: DbtCloudServer, ws: Workspace, store_path: Path) -> None:
+        self.server = server
+        self.ws = ws
+        self.store = LocalFileStateStore(store_path)
+        self.log = ListLog()
+
+    def age(self) -> None:
+        """Move every recorded build a day back, so no build_after window holds a model back
+        (those waits are the documented difference from plain dbt)."""
+        aged = Workspace(self.ws.root)
+        aged.state_file = self.store.path
+        aged.set_built_at(day_ago())
+
+    def job(self, **kw: Any) -> DbtCloudJob:
+        return DbtCloudJob(CONN_ID, JOB, account_id=self.server.account_id, poll_interval=0.1, **kw)
+
+    def run(self, **options: Any) -> RunReport:
+        before = len(self.server.runs)
+        run = DbtCloudStateAwareRun(
+            self.job(timeout=300), self.store, self.log, DbtCloudRunOptions(**options)
+        )
+        report = run.run()
+        self.triggered = len(self.server.runs) - before
+        return report
+
+
+@pytest.fixture
+def cloud(baseline: Baseline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    ws = baseline.copy_to(tmp_path / "ws")
+    with DbtCloudServer() as server:
+        server.add_job(JOB, ws.project, {"TUTORIAL_DUCKDB_PATH": str(ws.warehouse)})
+        server.jobs[JOB].steps = list(JOB_STEPS)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(server.connection()))
+        yield Cloud(server, ws, tmp_path / "cloud-state.json")
+
+
+def built_models(report: RunReport) -> set[str]:
+    return {short(u) for u in report.ids_with("built") if not u.startswith("test.")}
+
+
+class PlainJobs:
+    """The reference: plain ``dbt build`` jobs on a copy of the project and warehouse."""
+
+    def __init__(self, ws: Workspace, root: Path) -> None:
+        self.ws = ws
+        self.root = root
+        # The same file name: DuckDB names the database after it.
+        self.warehouse = root / "warehouse" / ws.warehouse.name
+        self.warehouse.parent.mkdir(parents=True)
+        shutil.copy(ws.warehouse, self.warehouse)
+        self.project = root / "plain-project"
+
+    def build(self) -> int:
+        shutil.rmtree(self.project, ignore_errors=True)
+        shutil.copytree(self.ws.project, self.project)
+        dbt = Path(sys.executable).with_name("dbt")
+        done = subprocess.run(
+            [str(dbt), "build", "--vars", VARS, "--project-dir", str(self.project),
+             "--profiles-dir", str(self.project), "--target-path", str(self.root / "target"),
+             "--log-path", str(self.root / "logs")],
+            env=os.environ | {"TUTORIAL_DUCKDB_PATH": str(self.warehouse),
+                              "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+            cwd=self.project, capture_output=True, timeout=600, check=False,
+        )  # fmt: skip
+        return done.returncode
+
+    def tables(self) -> dict[str, list[tuple[Any, ...]]]:
+        reference = Workspace(self.root)
+        reference.warehouse = self.warehouse
+        return reference.tables()
+
+    def land_same_rows(self, table: str) -> None:
+        """Copy raw ``table`` from the workspace: the same rows, load times included."""
+        import duckdb
+
+        con = duckdb.connect(str(self.warehouse))
+        try:
+            con.execute(f"attach '{self.ws.warehouse}' as landed (read_only)")
+            con.execute(f"delete from raw.{table}")
+            con.execute(f"insert into raw.{table} select * from landed.raw.{table}")
+        finally:
+            con.close()
+
+
+def test_a_scripted_sequence_of_changes_ends_where_plain_dbt_build_jobs_end(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    ws = cloud.ws
+    plain = PlainJobs(ws, tmp_path / "plain")
+
+    # 1. No state under this dbt Cloud environment yet: everything is built.
+    first = cloud.run(cause="Airflow dag d run r1 task t")
+    assert first.success and cloud.triggered == 2  # the plan run and the build run
+    assert {"stg_orders", "fct_daily_revenue", "country_codes"} <= built_models(first)
+    build_run = max(cloud.server.runs.values(), key=lambda r: r.id)
+    assert build_run.cause == "Airflow dag d run r1 task t"
+    assert all(step.startswith("dbt build --select ") for step in build_run.steps)
+    assert plain.build() == 0
+    assert ws.tables() == plain.tables()
+
+    # 2. Nothing changed: no build run at all, only the plan run.
+    second = cloud.run()
+    assert second.success and cloud.triggered == 1
+    assert built_models(second) == set()
+    assert second.plan is not None and not second.plan.to_execute()
+
+    cloud.age()
+    # 3. New rows in raw.orders: exactly the models downstream of it.
+    ws.append("orders")
+    plain.land_same_rows("orders")
+    third = cloud.run()
+    assert third.success and cloud.triggered == 2
+    assert "stg_orders" in built_models(third)
+    assert not {"stg_customers", "stg_payments", "country_codes"} & built_models(third)
+    assert plain.build() == 0
+    assert ws.tables() == plain.tables()
+
+    cloud.age()
+    # 4. An edited model: it and what reads it.
+    ws.edit(
+        "models/staging/stg_customers.sql", "name as customer_name", "trim(name) as customer_name"
+    )
+    fourth = cloud.run()
+    assert fourth.success
+    assert "stg_customers" in built_models(fourth) and "stg_orders" not in built_models(fourth)
+    assert plain.build() == 0
+    assert ws.tables() == plain.tables()
+
+    cloud.age()
+    # 5. A failing test: the run fails, and the model is not reused on the next run.
+    ws.edit("models/staging/stg_orders.sql", "lower(status) as status", "'lost' as status")
+    failing = cloud.run()
+    assert not failing.success and failing.exit_code == 1
+    assert plain.build() == 1
+    assert ws.tables() == plain.tables()
+    again = cloud.run()
+    assert "stg_orders" in built_models(again), "a model whose tests failed was reused"
+
+    cloud.age()
+    # 6. The fix: built, tests pass, and the warehouse matches plain dbt again.
+    ws.edit("models/staging/stg_orders.sql", "'lost' as status", "lower(status) as status")
+    fixed = cloud.run()
+    assert fixed.success and "stg_orders" in built_models(fixed)
+    assert plain.build() == 0
+    assert ws.tables() == plain.tables()
+    settled = cloud.run()
+    assert settled.success and cloud.triggered == 1
+
+    # The API token never reaches the log.
+    assert not any(cloud.server.token in line for line in cloud.log.lines)
+
+
+def test_a_deferred_build_is_recorded_from_its_pending_form(cloud: Cloud) -> None:
+    """What the operator does around a deferral: plan in one object, complete in another."""
+    first = DbtCloudStateAwareRun(cloud.job(), cloud.store, cloud.log, DbtCloudRunOptions())
+    planned = first.plan()
+    assert planned.pending is not None and planned.report is None
+    kept = json.loads(json.dumps(planned.pending.to_json()))  # what Airflow stores
+    cloud.server.wait_finished(planned.pending.run_id)
+
+    resumed = DbtCloudStateAwareRun(cloud.job(), cloud.store, ListLog(), DbtCloudRunOptions())
+    pending = PendingBuild.from_json(kept)
+    report = resumed.complete(pending, resumed.job.run(pending.run_id))
+    assert report.success and report.state_updates > 0
+    assert cloud.run().plan is not None and cloud.triggered == 1  # all reused now
+
+
+def test_a_model_error_fails_the_run_and_records_what_succeeded(cloud: Cloud) -> None:
+    cloud.run()
+    cloud.ws.edit("models/staging/stg_payments.sql", "select", "select no_such_column,")
+    report = cloud.run()
+    assert report.exit_code == 1
+    assert (
+        report.results[next(u for u in report.results if u.endswith(".stg_payments"))].status
+        == "error"
+    )
+    again = cloud.run()
+    assert "stg_payments" in built_models(again) or again.exit_code == 1
+
+
+def test_reuse_off_runs_the_job_as_configured(cloud: Cloud) -> None:
+    report = cloud.run(reuse=False)
+    assert report.success
+    build_run = max(cloud.server.runs.values(), key=lambda r: r.id)
+    assert build_run.steps == JOB_STEPS
+    assert report.state_updates > 0
+
+
+def test_a_stopped_run_is_cancelled_in_dbt_cloud(cloud: Cloud) -> None:
+    (cloud.ws.project / "models" / "slow_cloud.sql").write_text(
+        "{{ config(materialized='table') }}\nselect count(*) as n from range(20000000000)\n"
+    )
+    stop = threading.Event()
+    run = DbtCloudStateAwareRun(
+        cloud.job(timeout=300), cloud.store, cloud.log, DbtCloudRunOptions(), stop=stop
+    )
+    planned = run.plan()
+    assert planned.pending is not None
+    threading.Timer(1.0, stop.set).start()
+    with pytest.raises(DbtCloudJobError, match="stopped and cancelled"):
+        run.job.wait(planned.pending.run_id, stop)
+    assert cloud.server.runs[planned.pending.run_id].status == CANCELLED
+    report = run.complete(planned.pending, run.job.run(planned.pending.run_id))
+    assert report.exit_code == 130

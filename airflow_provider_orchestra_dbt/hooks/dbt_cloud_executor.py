@@ -384,10 +384,13 @@ class DbtCloudStateAwareRun:
         )
 
     def _fingerprinter(self, graph: Graph) -> Fingerprinter:
-        words = list(self._step.shared)
+        words = self._step.shared
         cli_vars: Mapping[str, Any] = {}
-        if "--vars" in words and words.index("--vars") + 1 < len(words):
-            cli_vars = parse_vars(words[words.index("--vars") + 1])
+        for index, word in enumerate(words):
+            if word == "--vars" and index + 1 < len(words):
+                cli_vars = parse_vars(words[index + 1])
+            elif word.startswith("--vars="):
+                cli_vars = parse_vars(word.partition("=")[2])
         # The environment is dbt Cloud's: env_var() readers always build (docs/design.md §3).
         return Fingerprinter(graph, cli_vars=cli_vars, env=None)
 

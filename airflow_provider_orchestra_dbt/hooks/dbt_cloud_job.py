@@ -10,6 +10,7 @@ this class.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -146,26 +147,30 @@ class DbtCloudJob:
         return self.run(run_id).status
 
     def wait(self, run_id: int, stop: threading.Event | None = None) -> DbtCloudRun:
-        """Poll until the run ends. Past ``timeout``, or once ``stop`` is set, the run is
-        cancelled first and ``DbtCloudJobError`` raised: no run is left behind."""
+        """Poll until the run ends. Past ``timeout``, once ``stop`` is set, or when waiting is
+        cut short (Airflow's ``execution_timeout``, a signal), the run is cancelled first:
+        no run is left behind."""
         deadline = time.monotonic() + self.timeout
-        while True:
-            run = self.run(run_id)
-            if run.finished:
-                return run
-            if stop is not None and stop.is_set():
+        try:
+            while True:
+                run = self.run(run_id)
+                if run.finished:
+                    return run
+                if stop is not None and stop.is_set():
+                    raise DbtCloudJobError(f"{self.where}: run {run_id} was stopped and cancelled")
+                if time.monotonic() >= deadline:
+                    raise DbtCloudJobError(
+                        f"{self.where}: run {run_id} did not finish within {self.timeout:g} s "
+                        "and was cancelled"
+                    )
+                if stop is not None:
+                    stop.wait(self.poll_interval)
+                else:
+                    time.sleep(self.poll_interval)
+        except BaseException:
+            with contextlib.suppress(Exception):
                 self.cancel(run_id)
-                raise DbtCloudJobError(f"{self.where}: run {run_id} was stopped and cancelled")
-            if time.monotonic() >= deadline:
-                self.cancel(run_id)
-                raise DbtCloudJobError(
-                    f"{self.where}: run {run_id} did not finish within {self.timeout:g} s "
-                    "and was cancelled"
-                )
-            if stop is not None:
-                stop.wait(self.poll_interval)
-            else:
-                time.sleep(self.poll_interval)
+            raise
 
     def cancel(self, run_id: int) -> None:
         self._call(

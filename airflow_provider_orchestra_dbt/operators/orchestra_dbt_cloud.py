@@ -132,15 +132,13 @@ class OrchestraDbtCloudOperator(OrchestraDbtBaseOperator):
         self._defer_to_trigger(planned.pending.run_id, planned.pending.to_json())
         return None  # not reached: defer() raises
 
-    def execute_complete(
-        self, context: Context, event: Mapping[str, Any], pending: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
         """Resumed once the build run ended (or timed out): record it and publish."""
         from airflow_provider_orchestra_dbt.hooks.dbt_cloud_executor import PendingBuild
         from airflow_provider_orchestra_dbt.hooks.dbt_cloud_job import DbtCloudJobError
         from airflow_provider_orchestra_dbt.state import StateError
 
-        build = PendingBuild.from_json(pending)
+        build = PendingBuild.from_json(event["pending"])
         store, run = self._cloud_run(context)
         try:
             finished = run.job.run(build.run_id)
@@ -231,9 +229,9 @@ class OrchestraDbtCloudOperator(OrchestraDbtBaseOperator):
                 poll_interval=self.poll_interval,
                 account_id=self._account(),
                 execution_deadline=deadline,
+                pending=pending,
             ),
             method_name="execute_complete",
-            kwargs={"pending": pending},
             timeout=None,
         )
 

@@ -7,12 +7,14 @@ warehouse is compared with what plain ``dbt build`` jobs make of the same change
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,11 @@ JOB = 12
 CONN_ID = "dbt_cloud_state_aware"
 # The job passes the vars its models read: dbt Cloud's values are then known, so the models
 # reading them can be reused (a manifest carries no var values; docs/design.md §2.2).
+# A model that takes ten minutes without using the CPU (a dbt-duckdb Python model).
+SLOW_PYTHON_MODEL = (
+    "import time\n\n\ndef model(dbt, session):\n"
+    "    time.sleep(600)\n    return session.sql('select 1 as n')\n"
+)
 VARS = "{revenue_start_date: '1900-01-01', data_interval_start: null, data_interval_end: null}"
 JOB_STEPS = [f'dbt build --vars "{VARS}"']
 
@@ -245,9 +252,7 @@ def test_reuse_off_runs_the_job_as_configured(cloud: Cloud) -> None:
 
 
 def test_a_stopped_run_is_cancelled_in_dbt_cloud(cloud: Cloud) -> None:
-    (cloud.ws.project / "models" / "slow_cloud.sql").write_text(
-        "{{ config(materialized='table') }}\nselect count(*) as n from range(20000000000)\n"
-    )
+    (cloud.ws.project / "models" / "slow_cloud.py").write_text(SLOW_PYTHON_MODEL)
     stop = threading.Event()
     run = DbtCloudStateAwareRun(
         cloud.job(timeout=300), cloud.store, cloud.log, DbtCloudRunOptions(), stop=stop
@@ -260,3 +265,25 @@ def test_a_stopped_run_is_cancelled_in_dbt_cloud(cloud: Cloud) -> None:
     assert cloud.server.runs[planned.pending.run_id].status == CANCELLED
     report = run.complete(planned.pending, run.job.run(planned.pending.run_id))
     assert report.exit_code == 130
+
+
+def test_killing_the_deferred_task_cancels_the_run(cloud: Cloud) -> None:
+    """What Airflow 3.3's triggerer does when a user marks the deferred task failed."""
+    from airflow_provider_orchestra_dbt.triggers.dbt_cloud import OrchestraDbtCloudRunTrigger
+
+    (cloud.ws.project / "models" / "slow_cloud.py").write_text(SLOW_PYTHON_MODEL)
+    planned = DbtCloudStateAwareRun(
+        cloud.job(), cloud.store, cloud.log, DbtCloudRunOptions()
+    ).plan()
+    assert planned.pending is not None
+    run_id = planned.pending.run_id
+    trigger = OrchestraDbtCloudRunTrigger(
+        conn_id=CONN_ID,
+        run_id=run_id,
+        end_time=time.time() + 600,
+        poll_interval=0.2,
+        account_id=cloud.server.account_id,
+        pending=planned.pending.to_json(),
+    )
+    asyncio.run(trigger.on_kill())
+    assert cloud.server.runs[run_id].status == CANCELLED

@@ -148,8 +148,8 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": PACKAGE_NAME,
         "name": "Orchestra dbt",
         "description": (
-            "Run dbt Core from Airflow and rebuild only what changed, reusing persisted dbt "
-            "state (state-aware orchestration)."
+            "Run dbt Core or dbt Cloud jobs from Airflow and rebuild only what changed, "
+            "reusing persisted dbt state (state-aware orchestration)."
         ),
         "versions": [__version__],
         "integrations": [
@@ -161,18 +161,29 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Orchestra dbt",
-                "python-modules": ["airflow_provider_orchestra_dbt.operators.orchestra_dbt"],
+                "python-modules": [
+                    "airflow_provider_orchestra_dbt.operators.orchestra_dbt",
+                    "airflow_provider_orchestra_dbt.operators.orchestra_dbt_cloud",
+                ],
             }
         ],
         "hooks": [
             {
                 "integration-name": "Orchestra dbt",
-                "python-modules": ["airflow_provider_orchestra_dbt.hooks.orchestra_dbt"],
+                "python-modules": [
+                    "airflow_provider_orchestra_dbt.hooks.orchestra_dbt",
+                    "airflow_provider_orchestra_dbt.hooks.dbt_cloud_job",
+                    "airflow_provider_orchestra_dbt.hooks.dbt_cloud_executor",
+                ],
             }
         ],
-        "extra-links": [
-            "airflow_provider_orchestra_dbt.operators.orchestra_dbt.OrchestraDbtRunPictureLink"
+        "triggers": [
+            {
+                "integration-name": "Orchestra dbt",
+                "python-modules": ["airflow_provider_orchestra_dbt.triggers.dbt_cloud"],
+            }
         ],
+        "extra-links": ["airflow_provider_orchestra_dbt.operators.base.OrchestraDbtRunPictureLink"],
         "connection-types": [
             {
                 "connection-type": CONN_TYPE,

@@ -67,8 +67,9 @@ lint() {
 #     lock, on the newest Python the machine has: the worker's unit tests and the reuse cases
 #     that read what differs between dbt versions (manifest, macros, vars, seeds, test
 #     results, build_after); and, since they do not depend on dbt's version, the crash
-#     probes, concurrent runs and locks, foreign writers, the browser test and the S3
-#     store's races, which run in this session only.
+#     probes, concurrent runs and locks, foreign writers, the browser test, the S3
+#     store's races and the state-aware dbt Cloud sequence (whose fake dbt Cloud then runs
+#     dbt 1.10's artifacts), which run in this session only.
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
   lint
   status=0
@@ -87,7 +88,8 @@ first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e
   test_connection_form.py test_dbt_python.py test_state_http.py test_hook_backends.py
   test_readme_commands.py test_dbt_cloud_fake.py)
 oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock_runs.py
-  test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_state_s3.py)
+  test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_state_s3.py
+  test_dbt_cloud_state_aware.py)
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!

@@ -66,7 +66,11 @@ def probe_message(
     """
     measured = _freshness(sources, origin) if sources is not None else {}
     freshness = {
-        uid: measured.get(uid) or {"error": f"{origin} has no freshness for it"}
+        uid: measured.get(uid)
+        or {
+            "error": f"{origin} did not measure it: dbt source freshness measures only "
+            "sources with a freshness config"
+        }
         for uid in wanted_sources
     }
     relations = _relations(catalog, origin) if catalog is not None else {}

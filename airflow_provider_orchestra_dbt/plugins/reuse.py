@@ -1,8 +1,8 @@
 """The "dbt reuse" page: built vs reused vs failed and time saved, per DAG task over time.
 
-Read from the ``return_value`` XComs of OrchestraDbtOperator tasks in the metadata DB (the
-api-server's session); a task's page adds each model's state from the task's state store.
-Rendered as plain HTML with inline SVG: no script, no assets.
+Read from the ``return_value`` XComs of OrchestraDbtOperator and OrchestraDbtCloudOperator
+tasks in the metadata DB (the api-server's session); a task's page adds each model's state
+from the task's state store. Rendered as plain HTML with inline SVG: no script, no assets.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_orchestra_dbt.plugins.model_state import ModelState
 
-OPERATOR_NAME = "OrchestraDbtOperator"
+# Tasks whose summaries the view reads: both operators push the same summary.
+OPERATOR_NAMES = ("OrchestraDbtOperator", "OrchestraDbtCloudOperator")
 RUNS_PER_TASK = 30
 MAX_ROWS = 2000
 _COLOURS = {"built": "#2f80ed", "reused": "#27ae60", "failed": "#eb5757"}
@@ -105,7 +106,7 @@ def load_rows(
         )
         .where(
             XComModel.key == "return_value",
-            TaskInstance.operator == OPERATOR_NAME,
+            TaskInstance.operator.in_(OPERATOR_NAMES),
             XComModel.dag_id.in_(allowed),
             *([XComModel.task_id == task_id] if task_id is not None else []),
         )
@@ -213,7 +214,9 @@ def render_page(rows: Sequence[ReuseRow]) -> str:
         "built. Open a task for each model's current state.</p>",
     ]
     if not groups:
-        body.append("<p>No runs of OrchestraDbtOperator tasks yet.</p>")
+        body.append(
+            "<p>No runs of OrchestraDbtOperator or OrchestraDbtCloudOperator tasks yet.</p>"
+        )
     for (dag_id, task_id), task_rows in sorted(groups.items()):
         link = escape(task_path(dag_id, task_id))
         heading = f'<a href="{link}">{escape(dag_id)} &middot; {escape(task_id)}</a>'

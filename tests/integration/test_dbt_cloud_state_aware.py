@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +25,8 @@ from support.tutorial import Baseline, Workspace, day_ago, short
 from airflow_provider_orchestra_dbt.hooks.dbt_cloud_executor import (
     DbtCloudRunOptions,
     DbtCloudStateAwareRun,
-    PendingBuild,
 )
-from airflow_provider_orchestra_dbt.hooks.dbt_cloud_job import DbtCloudJob, DbtCloudJobError
+from airflow_provider_orchestra_dbt.hooks.dbt_cloud_job import DbtCloudJob
 from airflow_provider_orchestra_dbt.presentation.report import RunReport
 from airflow_provider_orchestra_dbt.state import LocalFileStateStore
 
@@ -153,13 +151,13 @@ def test_a_scripted_sequence_of_changes_ends_where_plain_dbt_build_jobs_end(
     ws = cloud.ws
     plain = PlainJobs(ws, tmp_path / "plain")
 
-    # 1. No state under this dbt Cloud environment yet: everything is built.
-    first = cloud.run(cause="Airflow dag d run r1 task t")
+    # 1. reuse=False: the job runs as configured, and its outcome is recorded.
+    first = cloud.run(reuse=False, cause="Airflow dag d run r1 task t")
     assert first.success and cloud.triggered == 2  # the plan run and the build run
     assert {"stg_orders", "fct_daily_revenue", "country_codes"} <= built_models(first)
     build_run = max(cloud.server.runs.values(), key=lambda r: r.id)
     assert build_run.cause == "Airflow dag d run r1 task t"
-    assert all(step.startswith("dbt build --select ") for step in build_run.steps)
+    assert build_run.steps == JOB_STEPS
     assert plain.build() == 0
     assert ws.tables() == plain.tables()
 
@@ -170,21 +168,21 @@ def test_a_scripted_sequence_of_changes_ends_where_plain_dbt_build_jobs_end(
     assert second.plan is not None and not second.plan.to_execute()
 
     cloud.age()
-    # 3. New rows in raw.orders: exactly the models downstream of it.
+    # 3. New rows in raw.orders: exactly the models downstream of it, by name.
     ws.append("orders")
     plain.land_same_rows("orders")
     third = cloud.run()
     assert third.success and cloud.triggered == 2
     assert "stg_orders" in built_models(third)
     assert not {"stg_customers", "stg_payments", "country_codes"} & built_models(third)
+    build_run = max(cloud.server.runs.values(), key=lambda r: r.id)
+    assert all(step.startswith("dbt build --select ") for step in build_run.steps)
     assert plain.build() == 0
     assert ws.tables() == plain.tables()
 
     cloud.age()
     # 4. An edited model: it and what reads it.
-    ws.edit(
-        "models/staging/stg_customers.sql", "name as customer_name", "trim(name) as customer_name"
-    )
+    ws.edit("models/staging/stg_customers.sql", "name as", "trim(name) as")
     fourth = cloud.run()
     assert fourth.success
     assert "stg_customers" in built_models(fourth) and "stg_orders" not in built_models(fourth)
@@ -192,18 +190,30 @@ def test_a_scripted_sequence_of_changes_ends_where_plain_dbt_build_jobs_end(
     assert ws.tables() == plain.tables()
 
     cloud.age()
-    # 5. A failing test: the run fails, and the model is not reused on the next run.
+    # 5. A failing test: the run fails.
     ws.edit("models/staging/stg_orders.sql", "lower(status) as status", "'lost' as status")
     failing = cloud.run()
     assert not failing.success and failing.exit_code == 1
     assert plain.build() == 1
     assert ws.tables() == plain.tables()
-    again = cloud.run()
-    assert "stg_orders" in built_models(again), "a model whose tests failed was reused"
+
+    # 6. A model error elsewhere. stg_orders did not change, but its tests failed last run:
+    # it is built again, never reused. The broken model is recorded as nothing.
+    ws.edit("models/staging/stg_payments.sql", "select", "select no_such_column,")
+    broken = cloud.run()
+    assert broken.exit_code == 1 and "dbt Cloud connection" in str(broken.error)
+    statuses = {short(uid): result.status for uid, result in broken.results.items()}
+    assert statuses["stg_payments"] == "error" and "skipped" in statuses.values()
+    assert "stg_orders" in built_models(broken), "a model whose tests failed was reused"
+    assert plain.build() == 1
+    assert ws.tables() == plain.tables()
 
     cloud.age()
-    # 6. The fix: built, tests pass, and the warehouse matches plain dbt again.
+    # 7. The fixes: built, tests pass, and the warehouse matches plain dbt again.
+    # (stg_payments is back to the code it was last built with, and dbt left its table as
+    # it was when the broken build failed: it is reused, as a local run would.)
     ws.edit("models/staging/stg_orders.sql", "'lost' as status", "lower(status) as status")
+    ws.edit("models/staging/stg_payments.sql", "select no_such_column,", "select")
     fixed = cloud.run()
     assert fixed.success and "stg_orders" in built_models(fixed)
     assert plain.build() == 0
@@ -215,66 +225,15 @@ def test_a_scripted_sequence_of_changes_ends_where_plain_dbt_build_jobs_end(
     assert not any(cloud.server.token in line for line in cloud.log.lines)
 
 
-def test_a_deferred_build_is_recorded_from_its_pending_form(cloud: Cloud) -> None:
-    """What the operator does around a deferral: plan in one object, complete in another."""
-    first = DbtCloudStateAwareRun(cloud.job(), cloud.store, cloud.log, DbtCloudRunOptions())
-    planned = first.plan()
-    assert planned.pending is not None and planned.report is None
-    kept = json.loads(json.dumps(planned.pending.to_json()))  # what Airflow stores
-    cloud.server.wait_finished(planned.pending.run_id)
-
-    resumed = DbtCloudStateAwareRun(cloud.job(), cloud.store, ListLog(), DbtCloudRunOptions())
-    pending = PendingBuild.from_json(kept)
-    report = resumed.complete(pending, resumed.job.run(pending.run_id))
-    assert report.success and report.state_updates > 0
-    assert cloud.run().plan is not None and cloud.triggered == 1  # all reused now
-
-
-def test_a_model_error_fails_the_run_and_records_what_succeeded(cloud: Cloud) -> None:
-    cloud.run()
-    cloud.ws.edit("models/staging/stg_payments.sql", "select", "select no_such_column,")
-    report = cloud.run()
-    assert report.exit_code == 1
-    assert (
-        report.results[next(u for u in report.results if u.endswith(".stg_payments"))].status
-        == "error"
-    )
-    again = cloud.run()
-    assert "stg_payments" in built_models(again) or again.exit_code == 1
-
-
-def test_reuse_off_runs_the_job_as_configured(cloud: Cloud) -> None:
-    report = cloud.run(reuse=False)
-    assert report.success
-    build_run = max(cloud.server.runs.values(), key=lambda r: r.id)
-    assert build_run.steps == JOB_STEPS
-    assert report.state_updates > 0
-
-
-def test_a_stopped_run_is_cancelled_in_dbt_cloud(cloud: Cloud) -> None:
-    (cloud.ws.project / "models" / "slow_cloud.py").write_text(SLOW_PYTHON_MODEL)
-    stop = threading.Event()
-    run = DbtCloudStateAwareRun(
-        cloud.job(timeout=300), cloud.store, cloud.log, DbtCloudRunOptions(), stop=stop
-    )
-    planned = run.plan()
-    assert planned.pending is not None
-    threading.Timer(1.0, stop.set).start()
-    with pytest.raises(DbtCloudJobError, match="stopped and cancelled"):
-        run.job.wait(planned.pending.run_id, stop)
-    assert cloud.server.runs[planned.pending.run_id].status == CANCELLED
-    report = run.complete(planned.pending, run.job.run(planned.pending.run_id))
-    assert report.exit_code == 130
-
-
-def test_killing_the_deferred_task_cancels_the_run(cloud: Cloud) -> None:
+def test_killing_the_deferred_task_cancels_the_run_and_records_nothing_unfinished(
+    cloud: Cloud,
+) -> None:
     """What Airflow 3.3's triggerer does when a user marks the deferred task failed."""
     from airflow_provider_orchestra_dbt.triggers.dbt_cloud import OrchestraDbtCloudRunTrigger
 
     (cloud.ws.project / "models" / "slow_cloud.py").write_text(SLOW_PYTHON_MODEL)
-    planned = DbtCloudStateAwareRun(
-        cloud.job(), cloud.store, cloud.log, DbtCloudRunOptions()
-    ).plan()
+    run = DbtCloudStateAwareRun(cloud.job(), cloud.store, cloud.log, DbtCloudRunOptions())
+    planned = run.plan()
     assert planned.pending is not None
     run_id = planned.pending.run_id
     trigger = OrchestraDbtCloudRunTrigger(
@@ -287,3 +246,8 @@ def test_killing_the_deferred_task_cancels_the_run(cloud: Cloud) -> None:
     )
     asyncio.run(trigger.on_kill())
     assert cloud.server.runs[run_id].status == CANCELLED
+    process = cloud.server.runs[run_id].process
+    assert process is None or process.poll() is not None, "dbt still runs"
+    report = run.complete(planned.pending, run.job.run(run_id))
+    assert report.exit_code == 130 and "cancelled" in str(report.error)
+    assert "slow_cloud" not in {short(e.unique_id) for e in cloud.store.load().entries.values()}

@@ -13,12 +13,12 @@ and ``SSL_CERT_FILE`` at it). It serves what state-aware dbt Cloud jobs use, and
 * ``GET  /api/v2/accounts/<a>/runs/<r>/artifacts/<path>``     one artifact (last step by default)
 
 ``Authorization: Token <token>`` is required (401), unknown accounts, jobs and runs are 404,
-and ``fail_next`` answers the next requests with a status such as 429 (with
-``Retry-After: 0``). Each run executes its
-steps (the job's, or ``steps_override``) one after another with the environment's dbt on the
-job's project, each writing its artifacts to a target directory of its own; a failing step
-ends the run in error. Statuses are dbt Cloud's: queued 1, starting 2, running 3, success 10,
-error 20, cancelled 30.
+and ``fail_next`` answers the next requests with a status such as 429 (with ``Retry-After:
+0``). Each run executes its steps (the job's, or ``steps_override``) one after another with
+the environment's dbt on the job's project, each step's artifacts kept apart; runs of one job
+queue, as in dbt Cloud, and share the job's parse cache. A failing step ends the run in
+error. Statuses are dbt Cloud's: queued 1, starting 2, running 3, success 10, error 20,
+cancelled 30.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import signal
 import ssl
 import subprocess
@@ -55,6 +56,8 @@ class Job:
     env: dict[str, str]
     steps: list[str] = field(default_factory=lambda: ["dbt build"])
     environment_id: int = 1
+    # dbt Cloud runs one run of a job at a time; later ones queue.
+    turn: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 @dataclass
@@ -173,16 +176,27 @@ class DbtCloudServer:
         return run
 
     def _execute(self, run: Run) -> None:
+        with run.job.turn:
+            if not run.cancelled:
+                self._run_steps(run)
+
+    def _run_steps(self, run: Run) -> None:
         run.status = RUNNING
         dbt = Path(sys.executable).with_name("dbt")
+        # One target directory per job, as a dbt Cloud environment keeps its checkout: dbt's
+        # partial parse then re-parses only what changed between steps. Each step's
+        # artifacts are copied to a directory of its own when it ends.
+        work = self._root / f"job-{run.job.id}-target"
         for index, step in enumerate(run.steps, start=1):
             argv = shlex.split(step)
             if not argv or argv[0] != "dbt":
                 run.status = ERROR
                 return
             target = run.directory / f"step-{index}"
+            for stale in work.glob("*.json"):
+                stale.unlink()
             command = [str(dbt), *argv[1:], "--project-dir", str(run.job.project_dir)]
-            command += ["--profiles-dir", str(run.job.project_dir), "--target-path", str(target)]
+            command += ["--profiles-dir", str(run.job.project_dir), "--target-path", str(work)]
             command += ["--log-path", str(target / "logs")]
             env = os.environ | run.job.env | {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
             with self._lock:
@@ -196,6 +210,8 @@ class DbtCloudServer:
                 )  # fmt: skip
             code = run.process.wait()
             log.close()
+            for artifact in work.glob("*.json"):
+                shutil.copy2(artifact, target / artifact.name)
             run.finished_steps = index
             if run.cancelled:
                 return

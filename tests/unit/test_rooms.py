@@ -25,7 +25,9 @@ import airflow_provider_orchestra_dbt
 PACKAGE = airflow_provider_orchestra_dbt.__name__
 ROOT = Path(airflow_provider_orchestra_dbt.__file__).parent
 ROOMS = ("decisions", "state", "execution", "presentation", "worker")
-AIRFLOW_LAYER = frozenset({"hooks", "operators", "plugins", "assets", "get_provider_info"})
+AIRFLOW_LAYER = frozenset(
+    {"hooks", "operators", "triggers", "plugins", "assets", "get_provider_info"}
+)
 # Which rooms (first name below the package) each room may import, besides itself.
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "decisions": frozenset({"state"}),

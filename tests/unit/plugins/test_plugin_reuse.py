@@ -84,7 +84,8 @@ def test_page_escapes_ids_and_says_when_empty() -> None:
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "&lt;dag&gt; &middot; t&amp;t" in page
     assert "[2]" in page
-    assert "No runs of OrchestraDbtOperator tasks yet." in render_page([])
+    empty = "No runs of OrchestraDbtOperator or OrchestraDbtCloudOperator tasks yet."
+    assert empty in render_page([])
 
 
 def test_page_asks_the_auth_manager_for_readable_dags(
@@ -93,4 +94,5 @@ def test_page_asks_the_auth_manager_for_readable_dags(
     # The real lookup lists DAGs from the ``dag`` table, which these bare runs lack.
     response = client.get(f"{URL_PREFIX}/reuse", headers=bearer())
     assert response.status_code == 200
-    assert "No runs of OrchestraDbtOperator tasks yet." in response.text
+    empty = "No runs of OrchestraDbtOperator or OrchestraDbtCloudOperator tasks yet."
+    assert empty in response.text

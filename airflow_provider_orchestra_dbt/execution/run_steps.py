@@ -20,6 +20,15 @@ from airflow_provider_orchestra_dbt.presentation.report import RunReport
 from airflow_provider_orchestra_dbt.state import StateEntries, StateStore
 
 
+def loaded_state(store: StateStore | None, log: RunLogger) -> StateEntries:
+    """The entries the run plans on (none without a store)."""
+    if store is None:
+        return {}
+    document = store.load()
+    log.info("Loaded %d state entries from %s", len(document.entries), store.description)
+    return document.entries
+
+
 def logged_plan(
     log: RunLogger,
     graph: Graph,

@@ -58,6 +58,7 @@ from airflow_provider_orchestra_dbt.execution.run_lock import (
     RunLockStopped,
 )
 from airflow_provider_orchestra_dbt.execution.run_steps import (
+    loaded_state,
     logged_plan,
     record_outcomes,
     seconds_saved,
@@ -174,7 +175,7 @@ class DbtSession:
         # state location or on another machine may hold.
         waited = self._lock_run()
         self._lock_warehouse(executor, facts.adapter_type, waited)
-        state = self._load_state()
+        state = loaded_state(self.store, self.log)
         probe = self._probe(executor, facts)
         the_plan = self._plan(facts, state, probe)
 
@@ -363,15 +364,6 @@ class DbtSession:
             raise DbtRunError(str(exc)) from exc
 
     # -- state and report ------------------------------------------------------------------------
-
-    def _load_state(self) -> StateEntries:
-        if self.store is None:
-            return {}
-        document = self.store.load()
-        self.log.info(
-            "Loaded %d state entries from %s", len(document.entries), self.store.description
-        )
-        return document.entries
 
     def _record(self, graph: Graph, the_plan: Plan, state: StateEntries, probe: Probe) -> int:
         results, run_info = self._results, self.config.run_info

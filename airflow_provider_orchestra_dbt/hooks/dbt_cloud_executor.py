@@ -52,6 +52,7 @@ from airflow_provider_orchestra_dbt.execution.executor import RunLogger
 from airflow_provider_orchestra_dbt.execution.manifest_graph import ArtifactError, graph_message
 from airflow_provider_orchestra_dbt.execution.run_artifacts import node_results, probe_message
 from airflow_provider_orchestra_dbt.execution.run_steps import (
+    loaded_state,
     logged_plan,
     record_outcomes,
     seconds_saved,
@@ -183,7 +184,7 @@ class DbtCloudStateAwareRun:
     def plan(self) -> Planned:
         options = self.options
         plan_run = self.plan_run(self._step.selection if options.selection is None else None)
-        state = self._load_state()
+        state = loaded_state(self.store, self.log)
         probe = plan_run.probe()
         for source_id, fresh in probe.freshness.items():
             if fresh.error:
@@ -413,15 +414,6 @@ class DbtCloudStateAwareRun:
                 )
             )
         return Plan(tuple(rebuilt), options)
-
-    def _load_state(self) -> StateEntries:
-        if self.store is None:
-            return {}
-        document = self.store.load()
-        self.log.info(
-            "Loaded %d state entries from %s", len(document.entries), self.store.description
-        )
-        return document.entries
 
     def _report(
         self,

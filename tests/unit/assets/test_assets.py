@@ -4,45 +4,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.manifests import manifest_node
 
 from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef, dbt_model_asset
 from airflow_provider_orchestra_dbt.assets.manifest import load_manifest
 from airflow_provider_orchestra_dbt.assets.warehouse import Warehouse, warehouse_for
 
 
-def node(uid: str, deps: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
-    kind, package, *rest = uid.split(".")
-    return {
-        "unique_id": uid,
-        "resource_type": kind,
-        "name": rest[-1],
-        "package_name": package,
-        "database": "db",
-        "schema": kw.pop("schema", "main"),
-        "alias": rest[-1],
-        "tags": kw.pop("tags", []),
-        "fqn": [package, *rest],
-        "original_file_path": kw.pop("path", f"models/{rest[-1]}.sql"),
-        "config": {"materialized": kw.pop("materialized", "table")},
-        "depends_on": {"nodes": list(deps)},
-        **kw,
-    }
-
-
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
     nodes = [
-        node("model.p.stg_a", ("source.p.raw.a",), tags=["daily"], path="models/staging/stg_a.sql"),
-        node("model.p.eph", ("model.p.stg_a",), materialized="ephemeral"),
-        node("model.p.fct", ("model.p.eph",), tags=["daily", "finance"]),
-        node("model.p.mart", ("model.p.fct",)),
-        node("seed.p.codes", materialized="seed"),
-        node("test.p.not_null_fct_id", ("model.p.fct",)),
+        manifest_node(
+            "model.p.stg_a", ("source.p.raw.a",), tags=["daily"], path="models/staging/stg_a.sql"
+        ),
+        manifest_node("model.p.eph", ("model.p.stg_a",), materialized="ephemeral"),
+        manifest_node("model.p.fct", ("model.p.eph",), tags=["daily", "finance"]),
+        manifest_node("model.p.mart", ("model.p.fct",)),
+        manifest_node("seed.p.codes", materialized="seed"),
+        manifest_node("test.p.not_null_fct_id", ("model.p.fct",)),
     ]
-    source = node("source.p.raw.a", source_name="raw", identifier="a", schema="raw")
+    source = manifest_node("source.p.raw.a", source_name="raw", identifier="a", schema="raw")
     document = {
         "metadata": {"adapter_type": "postgres"},
         "nodes": {n["unique_id"]: n for n in nodes},

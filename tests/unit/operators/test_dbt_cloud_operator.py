@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from airflow.sdk import DAG, Asset, AssetAlias
+from support.manifests import manifest_node
 
 from airflow_provider_orchestra_dbt.operators.options import DbtTaskOutputs
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt_cloud import OrchestraDbtCloudOperator
@@ -22,36 +23,16 @@ def operator(**kwargs: Any) -> OrchestraDbtCloudOperator:
         )
 
 
-def node(uid: str, deps: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
-    """A manifest node, as in tests/unit/assets/test_assets.py."""
-    kind, package, *rest = uid.split(".")
-    return {
-        "unique_id": uid,
-        "resource_type": kind,
-        "name": rest[-1],
-        "package_name": package,
-        "database": "db",
-        "schema": kw.pop("schema", "main"),
-        "alias": rest[-1],
-        "tags": kw.pop("tags", []),
-        "fqn": [package, *rest],
-        "original_file_path": kw.pop("path", f"models/{rest[-1]}.sql"),
-        "config": {"materialized": kw.pop("materialized", "table")},
-        "depends_on": {"nodes": list(deps)},
-        **kw,
-    }
-
-
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
     nodes = [
-        node("model.p.stg_a", ("source.p.raw.a",), tags=["daily"]),
-        node("model.p.fct", ("model.p.stg_a",)),
-        node("model.p.mart", ("model.p.fct",)),
-        node("seed.p.codes", materialized="seed"),
-        node("test.p.not_null_fct_id", ("model.p.fct",)),
+        manifest_node("model.p.stg_a", ("source.p.raw.a",), tags=["daily"]),
+        manifest_node("model.p.fct", ("model.p.stg_a",)),
+        manifest_node("model.p.mart", ("model.p.fct",)),
+        manifest_node("seed.p.codes", materialized="seed"),
+        manifest_node("test.p.not_null_fct_id", ("model.p.fct",)),
     ]
-    source = node("source.p.raw.a", source_name="raw", identifier="a", schema="raw")
+    source = manifest_node("source.p.raw.a", source_name="raw", identifier="a", schema="raw")
     document = {
         "metadata": {"adapter_type": "postgres"},
         "nodes": {n["unique_id"]: n for n in nodes},

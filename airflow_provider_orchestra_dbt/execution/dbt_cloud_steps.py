@@ -84,6 +84,21 @@ class JobStep:
                 other += words
         return cls(argv[1], tuple(selection), tuple(shared), tuple(other))
 
+    def value(self, *names: str) -> str | None:
+        """The value the step gives option ``names`` (e.g. ``"--target", "-t"``), the last
+        one winning as in dbt; None when it gives none."""
+        found = None
+        words = [*self.shared, *self.other]
+        for index, word in enumerate(words):
+            option, equals, inline = word.partition("=")
+            if option not in names:
+                continue
+            if equals:
+                found = inline
+            elif index + 1 < len(words):
+                found = words[index + 1]
+        return found
+
 
 def job_step(steps: Sequence[str], command: str) -> JobStep:
     """The job's step a state-aware ``command`` takes the place of: its first ``dbt build``

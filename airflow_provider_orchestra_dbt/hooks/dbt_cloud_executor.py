@@ -374,8 +374,12 @@ class DbtCloudStateAwareRun:
         account = definition.account_id or self.job.account_id or "default"
         environment = definition.environment_id
         # A dbt Cloud environment's builds are its own: a local run of the same project
-        # never reuses them, nor they a local build.
+        # never reuses them, nor they a local build. So are a target's, where the job names
+        # one other than the environment's.
         scope = f"dbt_cloud/{account}/{environment}"
+        target = self._step.value("--target", "-t")
+        if target:
+            scope += f"/{target}"
         prefix = f"{self._key_prefix}.{scope}" if self._key_prefix else scope
         return PlanOptions(
             command=self.options.command,
@@ -385,13 +389,11 @@ class DbtCloudStateAwareRun:
         )
 
     def _fingerprinter(self, graph: Graph) -> Fingerprinter:
-        words = self._step.shared
-        cli_vars: Mapping[str, Any] = {}
-        for index, word in enumerate(words):
-            if word == "--vars" and index + 1 < len(words):
-                cli_vars = parse_vars(words[index + 1])
-            elif word.startswith("--vars="):
-                cli_vars = parse_vars(word.partition("=")[2])
+        given = self._step.value("--vars")
+        try:
+            cli_vars = parse_vars(given) if given else {}
+        except ValueError as exc:
+            raise DbtCloudJobError(f"{self.job.where}: the job step's --vars: {exc}") from exc
         # The environment is dbt Cloud's: env_var() readers always build (docs/design.md §3).
         return Fingerprinter(graph, cli_vars=cli_vars, env=None)
 

@@ -216,3 +216,19 @@ def test_rebuilt_lines_parse_back_to_the_same_words(step: str) -> None:
     assert rebuilt.selection == ("--select", "a", "b")
     assert rebuilt.shared == parsed.shared
     assert rebuilt.other == parsed.other
+
+
+@pytest.mark.parametrize(
+    ("step", "names", "expected"),
+    [
+        ("dbt build --target prod", ("--target", "-t"), "prod"),
+        ("dbt build -t dev --select a", ("--target", "-t"), "dev"),
+        ("dbt build --target=ci", ("--target", "-t"), "ci"),
+        ("dbt build --vars '{a: 1}' --vars '{b: 2}'", ("--vars",), "{b: 2}"),
+        ("dbt build --select a", ("--target", "-t"), None),
+    ],
+)
+def test_a_steps_option_value_is_read_as_dbt_reads_it(
+    step: str, names: tuple[str, ...], expected: str | None
+) -> None:
+    assert JobStep.parse(step).value(*names) == expected

@@ -105,15 +105,18 @@ class PlanRun:
 
     def probe(self) -> Probe:
         sources, schemas = probe_targets(self.graph, self.selected)
-        return Probe.from_message(
-            probe_message(
-                self.sources,
-                self.catalog,
-                wanted_sources=sources,
-                covered_schemas=schemas,
-                origin=f"dbt Cloud run {self.run_id}",
-            )
+        message = probe_message(
+            self.sources,
+            self.catalog,
+            wanted_sources=sources,
+            covered_schemas=schemas,
+            origin=f"dbt Cloud run {self.run_id}",
         )
+        if self.catalog is None:
+            # Without a catalog nothing says the relations still exist: build, not reuse.
+            unlisted = {"error": f"dbt Cloud run {self.run_id} wrote no catalog.json"}
+            message["relations"] = {f"{db}.{schema}": unlisted for db, schema in schemas}
+        return Probe.from_message(message)
 
 
 @dataclass(frozen=True)
@@ -311,7 +314,8 @@ class DbtCloudStateAwareRun:
             catalog = self.job.artifact(run_id, "catalog.json", step=generate)
         else:
             self.log.warning(
-                "dbt Cloud run %d wrote no catalog.json: whether relations exist is not checked",
+                "dbt Cloud run %d wrote no catalog.json: whether relations exist cannot be "
+                "checked, so every selected model is built",
                 run_id,
             )
         sources = None

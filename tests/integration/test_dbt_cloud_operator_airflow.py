@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "orchestra_dbt_cloud"
 TASK_ID = "dbt_cloud_build"
 JOB = 21
+EVENTS = (
+    "select a.name from asset_event e join asset a on a.id = e.asset_id where e.source_dag_id = ?"
+)
 # A model that takes ten minutes without using the CPU (a dbt-duckdb Python model).
 SLOW_PYTHON_MODEL = (
     "import time\n\n\ndef model(dbt, session):\n"
@@ -78,11 +81,7 @@ def test_the_example_dag_defers_records_and_then_reuses_without_a_build_run(
     build = runs[1]
     assert build.cause.startswith(f"Airflow {DAG_ID} / ") and TASK_ID in build.cause
     assert all(step.startswith("dbt build --select ") for step in build.steps)
-    events = airflow_env.query(
-        "select a.name from asset_event e join asset a on a.id = e.asset_id "
-        "where e.source_dag_id = ?",
-        (DAG_ID,),
-    )
+    events = airflow_env.query(EVENTS, (DAG_ID,))
     assert {name.rsplit(".", 1)[-1] for (name,) in events} >= {"stg_orders", "fct_orders"}
 
     # Nothing changed: the plan run only, no build run.
@@ -92,6 +91,10 @@ def test_the_example_dag_defers_records_and_then_reuses_without_a_build_run(
     assert summary["counts"]["built"] == 0 and summary["counts"]["reused"] == 15
     assert "no dbt Cloud build run is triggered" in second.stdout
     assert len(server.runs) == 3
+    # Events only for models rebuilt: none this time. The picture shows the run all the same.
+    assert len(airflow_env.query(EVENTS, (DAG_ID,))) == len(events)
+    picture = airflow_env.xcom(DAG_ID, TASK_ID, "orchestra_dbt_picture", logical_date="2026-03-02")
+    assert "stg_orders" in Path(picture).read_text()
 
     # New orders: the models reading them (build_after windows aside), not the others.
     ws.append("orders")

@@ -57,3 +57,16 @@ def test_facets_list_built_outputs_and_their_inputs(operator: OrchestraDbtOperat
 
 def test_no_report_means_no_facets(operator: OrchestraDbtOperator) -> None:
     assert operator.get_openlineage_facets_on_complete(None) is None
+
+
+def test_the_dbt_cloud_operator_reports_the_same_datasets_named_without_a_profile() -> None:
+    from airflow_provider_orchestra_dbt.operators.orchestra_dbt_cloud import (
+        OrchestraDbtCloudOperator,
+    )
+
+    cloud = OrchestraDbtCloudOperator(task_id="cloud", job_id=1)
+    cloud._report = report_building(M1)
+    lineage = cloud.get_openlineage_facets_on_complete(None)
+    # dbt Cloud's profile is not readable here: the namespace is the adapter and database.
+    assert {(d.namespace, d.name) for d in lineage.outputs} == {("postgres://db", "db.main.m1")}
+    assert ("postgres://db", "db.main.stg_a") in {(d.namespace, d.name) for d in lineage.inputs}

@@ -227,7 +227,10 @@ class DbtCloudJob:
 
 def _retry_after(exc: BaseException, attempt: int) -> float:
     """Seconds to wait before retrying a 429: the server's Retry-After, else backing off."""
-    response = getattr(exc, "response", None) or getattr(exc.__cause__, "response", None)
+    # The provider raises AirflowException while handling requests' HTTPError, which has it.
+    # (A Response is falsy when its status is an error: compare with None.)
+    responses = (getattr(e, "response", None) for e in (exc, exc.__cause__, exc.__context__))
+    response = next((r for r in responses if r is not None), None)
     headers = getattr(response, "headers", None) or {}
     try:
         wanted = float(headers.get("Retry-After", ""))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.dbt_cloud_server import CANCELLED, DbtCloudServer
+from support.dbt_cloud_server import CANCELLED, SLOW_PYTHON_MODEL, DbtCloudServer
 from support.tutorial import Baseline, Workspace, day_ago, short
 
 from airflow_provider_orchestra_dbt.hooks.dbt_cloud_executor import (
@@ -36,11 +36,6 @@ JOB = 12
 CONN_ID = "dbt_cloud_state_aware"
 # The job passes the vars its models read: dbt Cloud's values are then known, so the models
 # reading them can be reused (a manifest carries no var values; docs/design.md §2.2).
-# A model that takes ten minutes without using the CPU (a dbt-duckdb Python model).
-SLOW_PYTHON_MODEL = (
-    "import time\n\n\ndef model(dbt, session):\n"
-    "    time.sleep(600)\n    return session.sql('select 1 as n')\n"
-)
 VARS = "{revenue_start_date: '1900-01-01', data_interval_start: null, data_interval_end: null}"
 JOB_STEPS = [f'dbt build --vars "{VARS}"']
 
@@ -168,54 +163,50 @@ def test_a_scripted_sequence_of_changes_ends_where_plain_dbt_build_jobs_end(
     assert second.plan is not None and not second.plan.to_execute()
 
     cloud.age()
-    # 3. New rows in raw.orders: exactly the models downstream of it, by name.
+    # 3. New rows in raw.orders and an edited stg_customers: exactly the models downstream
+    # of either, written as exact selections.
     ws.append("orders")
     plain.land_same_rows("orders")
+    ws.edit("models/staging/stg_customers.sql", "name as", "trim(name) as")
     third = cloud.run()
     assert third.success and cloud.triggered == 2
-    assert "stg_orders" in built_models(third)
-    assert not {"stg_customers", "stg_payments", "country_codes"} & built_models(third)
+    assert {"stg_orders", "stg_customers"} <= built_models(third)
+    assert not {"stg_payments", "country_codes", "stg_countries"} & built_models(third)
     build_run = max(cloud.server.runs.values(), key=lambda r: r.id)
     assert all(step.startswith("dbt build --select ") for step in build_run.steps)
     assert plain.build() == 0
     assert ws.tables() == plain.tables()
 
     cloud.age()
-    # 4. An edited model: it and what reads it.
-    ws.edit("models/staging/stg_customers.sql", "name as", "trim(name) as")
-    fourth = cloud.run()
-    assert fourth.success
-    assert "stg_customers" in built_models(fourth) and "stg_orders" not in built_models(fourth)
-    assert plain.build() == 0
-    assert ws.tables() == plain.tables()
-
-    cloud.age()
-    # 5. A failing test: the run fails.
-    ws.edit("models/staging/stg_orders.sql", "lower(status) as status", "'lost' as status")
-    failing = cloud.run()
-    assert not failing.success and failing.exit_code == 1
-    assert plain.build() == 1
-    assert ws.tables() == plain.tables()
-
-    # 6. A model error elsewhere. stg_orders did not change, but its tests failed last run:
-    # it is built again, never reused. The broken model is recorded as nothing.
+    # 4. An order lands with a status stg_orders' accepted_values test refuses, and a model
+    # error in stg_payments: the run fails as plain dbt does, and neither model is recorded
+    # as built and tested.
+    ws.sql(
+        "insert into raw.orders select * replace (id + 1000 as id, 'lost' as status, "
+        "(select max(_loaded_at) from raw.orders) + interval 1 minute as _loaded_at) "
+        "from raw.orders order by id limit 1"
+    )
+    plain.land_same_rows("orders")
     ws.edit("models/staging/stg_payments.sql", "select", "select no_such_column,")
     broken = cloud.run()
     assert broken.exit_code == 1 and "dbt Cloud connection" in str(broken.error)
     statuses = {short(uid): result.status for uid, result in broken.results.items()}
     assert statuses["stg_payments"] == "error" and "skipped" in statuses.values()
-    assert "stg_orders" in built_models(broken), "a model whose tests failed was reused"
+    assert "fail" in {r.status for u, r in broken.results.items() if "stg_orders" in u}
     assert plain.build() == 1
     assert ws.tables() == plain.tables()
 
     cloud.age()
-    # 7. The fixes: built, tests pass, and the warehouse matches plain dbt again.
-    # (stg_payments is back to the code it was last built with, and dbt left its table as
-    # it was when the broken build failed: it is reused, as a local run would.)
-    ws.edit("models/staging/stg_orders.sql", "'lost' as status", "lower(status) as status")
+    # 5. The fixes. The bad order is deleted: raw.orders has no new data and stg_orders'
+    # code is unchanged, but its tests failed, so it is built again, never reused.
+    # stg_payments is back to the code of its last successful build, and dbt left its table
+    # as it was when the broken build failed: it is reused, as a local run would.
+    ws.sql("delete from raw.orders where status = 'lost'")
+    plain.land_same_rows("orders")
     ws.edit("models/staging/stg_payments.sql", "select no_such_column,", "select")
     fixed = cloud.run()
-    assert fixed.success and "stg_orders" in built_models(fixed)
+    assert fixed.success and "stg_orders" in built_models(fixed), "a failed model was reused"
+    assert "stg_payments" not in built_models(fixed)
     assert plain.build() == 0
     assert ws.tables() == plain.tables()
     settled = cloud.run()

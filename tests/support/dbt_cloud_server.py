@@ -44,6 +44,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 QUEUED, STARTING, RUNNING, SUCCESS, ERROR, CANCELLED = 1, 2, 3, 10, 20, 30
+# A model that takes ten minutes without using the CPU (a dbt-duckdb Python model): put it in
+# a job's project to have a run to cancel.
+SLOW_PYTHON_MODEL = (
+    "import time\n\n\ndef model(dbt, session):\n"
+    "    time.sleep(600)\n    return session.sql('select 1 as n')\n"
+)
 HUMANIZED = {1: "Queued", 2: "Starting", 3: "Running", 10: "Success", 20: "Error", 30: "Cancelled"}
 
 
@@ -68,7 +74,7 @@ class Run:
     steps: list[str]
     directory: Path
     status: int = QUEUED
-    process: subprocess.Popen[bytes] | None = None
+    process: ForkedStep | None = None
     finished_steps: int = 0
     cancelled: bool = False
 
@@ -92,6 +98,70 @@ class Run:
         }
 
 
+class ForkedStep:
+    """One step's dbt, running in a fork of the fork server: ``pid``, ``poll()``, ``wait()``."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.code: int | None = None
+        self.started = threading.Event()
+        self.done = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def wait(self) -> int | None:
+        self.done.wait()
+        return self.code
+
+
+class DbtForks:
+    """Steps run by ``dbt_fork_server.py``: dbt is imported once, not once a step (seconds of
+    CPU each, which a suite of state-aware runs pays dozens of times)."""
+
+    def __init__(self) -> None:
+        self._server = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("dbt_fork_server.py"))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        self._steps: dict[str, ForkedStep] = {}
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def start(self, argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> ForkedStep:
+        step = ForkedStep()
+        ident = f"{id(step)}-{len(self._steps)}"
+        request = {"id": ident, "argv": argv, "cwd": str(cwd), "env": env, "log": str(log)}
+        with self._lock:
+            self._steps[ident] = step
+            assert self._server.stdin is not None
+            self._server.stdin.write(json.dumps(request) + "\n")
+            self._server.stdin.flush()
+        if not step.started.wait(120):
+            raise RuntimeError("the dbt fork server did not start the step")
+        return step
+
+    def _read(self) -> None:
+        assert self._server.stdout is not None
+        for line in self._server.stdout:
+            message = json.loads(line)
+            step = self._steps[message["id"]]
+            if "pid" in message:
+                step.pid = message["pid"]
+                step.started.set()
+            else:
+                step.code = message["code"]
+                step.done.set()
+
+    def close(self) -> None:
+        assert self._server.stdin is not None
+        self._server.stdin.close()
+        try:
+            self._server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._server.kill()
+
+
 class DbtCloudServer:
     """The fake API for one account and token; ``add_job`` before triggering it."""
 
@@ -102,6 +172,7 @@ class DbtCloudServer:
         self.runs: dict[int, Run] = {}
         self.requests: list[tuple[str, str, int]] = []
         self._faults: deque[int] = deque()
+        self._forks: DbtForks | None = None
         self._lock = threading.Lock()
         self._root = Path(tempfile.mkdtemp(prefix="fake-dbt-cloud-"))
         self.ca_file = self._root / "cert.pem"
@@ -145,6 +216,8 @@ class DbtCloudServer:
             self._kill(run)
         self._httpd.shutdown()
         self._httpd.server_close()
+        if self._forks is not None:
+            self._forks.close()
 
     def __enter__(self) -> DbtCloudServer:
         return self.start()
@@ -182,7 +255,6 @@ class DbtCloudServer:
 
     def _run_steps(self, run: Run) -> None:
         run.status = RUNNING
-        dbt = Path(sys.executable).with_name("dbt")
         # One target directory per job, as a dbt Cloud environment keeps its checkout: dbt's
         # partial parse then re-parses only what changed between steps. Each step's
         # artifacts are copied to a directory of its own when it ends.
@@ -195,7 +267,7 @@ class DbtCloudServer:
             target = run.directory / f"step-{index}"
             for stale in work.glob("*.json"):
                 stale.unlink()
-            command = [str(dbt), *argv[1:], "--project-dir", str(run.job.project_dir)]
+            command = [*argv[1:], "--project-dir", str(run.job.project_dir)]
             command += ["--profiles-dir", str(run.job.project_dir), "--target-path", str(work)]
             command += ["--log-path", str(target / "logs")]
             env = os.environ | run.job.env | {"DBT_SEND_ANONYMOUS_USAGE_STATS": "false"}
@@ -203,13 +275,12 @@ class DbtCloudServer:
                 if run.cancelled:
                     return
                 target.mkdir(parents=True)
-                log = (target / "step.log").open("wb")
-                run.process = subprocess.Popen(
-                    command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=run.job.project_dir, start_new_session=True,
-                )  # fmt: skip
+                if self._forks is None:
+                    self._forks = DbtForks()
+                run.process = self._forks.start(
+                    command, run.job.project_dir, dict(env), target / "step.log"
+                )
             code = run.process.wait()
-            log.close()
             for artifact in work.glob("*.json"):
                 shutil.copy2(artifact, target / artifact.name)
             run.finished_steps = index

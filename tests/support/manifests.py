@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -23,3 +26,14 @@ def manifest_node(uid: str, deps: tuple[str, ...] = (), **kw: Any) -> dict[str, 
         "depends_on": {"nodes": list(deps)},
         **kw,
     }
+
+
+def write_manifest(path: Path, nodes: Sequence[dict[str, Any]], *sources: dict[str, Any]) -> Path:
+    """A postgres project's ``manifest.json`` at ``path`` with ``nodes`` and ``sources``."""
+    document = {
+        "metadata": {"adapter_type": "postgres"},
+        "nodes": {n["unique_id"]: n for n in nodes},
+        "sources": {s["unique_id"]: s for s in sources},
+    }
+    path.write_text(json.dumps(document))
+    return path

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from support.manifests import manifest_node
+from support.manifests import manifest_node, write_manifest
 
 from airflow_provider_orchestra_dbt.assets import DbtAssetTranslator, DbtNodeRef, dbt_model_asset
 from airflow_provider_orchestra_dbt.assets.manifest import load_manifest
@@ -26,14 +25,7 @@ def manifest(tmp_path: Path) -> Path:
         manifest_node("test.p.not_null_fct_id", ("model.p.fct",)),
     ]
     source = manifest_node("source.p.raw.a", source_name="raw", identifier="a", schema="raw")
-    document = {
-        "metadata": {"adapter_type": "postgres"},
-        "nodes": {n["unique_id"]: n for n in nodes},
-        "sources": {source["unique_id"]: source},
-    }
-    path = tmp_path / "manifest.json"
-    path.write_text(json.dumps(document))
-    return path
+    return write_manifest(tmp_path / "manifest.json", nodes, source)
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.sdk import DAG, Asset, AssetAlias
-from support.manifests import manifest_node
+from support.manifests import manifest_node, write_manifest
 
 from airflow_provider_orchestra_dbt.operators.options import DbtTaskOutputs
 from airflow_provider_orchestra_dbt.operators.orchestra_dbt_cloud import OrchestraDbtCloudOperator
@@ -33,14 +32,7 @@ def manifest(tmp_path: Path) -> Path:
         manifest_node("test.p.not_null_fct_id", ("model.p.fct",)),
     ]
     source = manifest_node("source.p.raw.a", source_name="raw", identifier="a", schema="raw")
-    document = {
-        "metadata": {"adapter_type": "postgres"},
-        "nodes": {n["unique_id"]: n for n in nodes},
-        "sources": {source["unique_id"]: source},
-    }
-    path = tmp_path / "manifest.json"
-    path.write_text(json.dumps(document))
-    return path
+    return write_manifest(tmp_path / "manifest.json", nodes, source)
 
 
 def test_the_operator_has_at_most_16_parameters_of_its_own() -> None:

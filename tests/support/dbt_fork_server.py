@@ -1,8 +1,8 @@
 """Runs dbt commands in forks of one process that imported dbt once (the fake dbt Cloud's steps).
 
 Started by path with the tests' interpreter. Each request on stdin (a JSON line: ``id``,
-``argv``, ``cwd``, ``env``, ``log``) is run by a forked child in a session of its own (so a
-cancel can kill its whole group) with dbt's programmatic runner; stdout answers with the
+``argv``, ``cwd``, ``env``, ``log``) is run by a forked child in a process group of its own
+(so a cancel can kill the whole group) with dbt's programmatic runner; stdout answers with the
 child's pid, and later with its exit code (0 success, 1 failures, 2 an error dbt raised).
 Importing dbt costs seconds a process: a fork starts with it loaded. Single-threaded, so that
 forking is safe: requests and finished children are served from one ``select`` loop.
@@ -24,7 +24,9 @@ with contextlib.suppress(ImportError):  # the tests' adapter, loaded once too
 
 
 def _run_child(request: dict[str, Any]) -> None:
-    os.setsid()
+    # A process group of its own, set here and by the parent (whichever runs first), so that
+    # the group exists the moment the parent reports the pid: a cancel may come at once.
+    os.setpgid(0, 0)
     fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -60,6 +62,8 @@ def main() -> None:
                 pid = os.fork()
                 if pid == 0:
                     _run_child(request)
+                with contextlib.suppress(OSError):  # the child may have done it already
+                    os.setpgid(pid, pid)
                 children[pid] = request["id"]
                 _send({"id": request["id"], "pid": pid})
         for pid in list(children):

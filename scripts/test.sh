@@ -93,8 +93,7 @@ oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock_ru
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!
-# Lint, types and the second environment while the first session runs: each is one process
-# on one core, and the sessions keep the other busy.
+# The second environment while the first session runs: one process on one core.
 UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --python "$oldest_python" \
   --no-group dbt-newest --group dbt-oldest
 oldest_duckdb="editing_a_macro or changing_a_var or changing_a_seed or failing_error_test"
@@ -106,11 +105,17 @@ oldest_reuse+=" or (duckdb and ($oldest_duckdb or build_after))"
   "${oldest_only[@]/#/tests/integration/}" \
   -k "not test_reuse or $oldest_reuse" >"$logs/oldest.log" 2>&1 &
 oldest_pid=$!
+# Lint and types run beside the second session rather than before it: waiting for them
+# would put a minute on the longest session's path.
+lint >"$logs/lint.log" 2>&1 &
+lint_pid=$!
 status=0
-lint || status=1
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/second" tests/integration \
   "${first[@]/#/--ignore=tests/integration/}" "${oldest_only[@]/#/--ignore=tests/integration/}" \
   || status=1
+wait "$lint_pid" || status=1
+echo "=== lint and types ==="
+cat "$logs/lint.log"
 wait "$first_pid" || status=1
 cat "$logs/first.log"
 wait "$oldest_pid" || status=1

@@ -97,11 +97,21 @@ def test_backfill_on_two_celery_workers_takes_turns_and_keeps_every_update(
     try:
         # Unpaused, the DAG also gets its latest scheduled run (catchup is off): a fourth run
         # of the same project and target, as a scheduled run beside a backfill would be.
-        d.cli("dags", "unpause", TUTORIAL)
-        d.cli(
-            "backfill", "create", "--dag-id", TUTORIAL,
-            "--from-date", BACKFILL[0], "--to-date", BACKFILL[1], "--max-active-runs", "3",
-        )  # fmt: skip
+        d.unpause(TUTORIAL)
+        # What `airflow backfill create --dag-id ... --from-date ... --to-date ...
+        # --max-active-runs 3` does (days at midnight UTC; reprocess behavior `none`).
+        d.api(
+            "POST",
+            "/api/v2/backfills",
+            {
+                "dag_id": TUTORIAL,
+                "from_date": f"{BACKFILL[0]}T00:00:00+00:00",
+                "to_date": f"{BACKFILL[1]}T00:00:00+00:00",
+                "max_active_runs": 3,
+                "run_backwards": False,
+                "reprocess_behavior": "none",
+            },
+        )
 
         def both_workers_wait() -> bool:
             rows = d.query(

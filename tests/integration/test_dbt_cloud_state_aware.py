@@ -11,8 +11,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,9 +97,10 @@ def built_models(report: RunReport) -> set[str]:
 class PlainJobs:
     """The reference: plain ``dbt build`` jobs on a copy of the project and warehouse."""
 
-    def __init__(self, ws: Workspace, root: Path) -> None:
+    def __init__(self, ws: Workspace, root: Path, server: DbtCloudServer) -> None:
         self.ws = ws
         self.root = root
+        self.server = server
         # The same file name: DuckDB names the database after it.
         self.warehouse = root / "warehouse" / ws.warehouse.name
         self.warehouse.parent.mkdir(parents=True)
@@ -111,16 +110,17 @@ class PlainJobs:
     def build(self) -> int:
         shutil.rmtree(self.project, ignore_errors=True)
         shutil.copytree(self.ws.project, self.project)
-        dbt = Path(sys.executable).with_name("dbt")
-        done = subprocess.run(
-            [str(dbt), "build", "--vars", VARS, "--project-dir", str(self.project),
+        code = self.server.dbt(
+            ["build", "--vars", VARS, "--project-dir", str(self.project),
              "--profiles-dir", str(self.project), "--target-path", str(self.root / "target"),
              "--log-path", str(self.root / "logs")],
-            env=os.environ | {"TUTORIAL_DUCKDB_PATH": str(self.warehouse),
-                              "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
-            cwd=self.project, capture_output=True, timeout=600, check=False,
+            self.project,
+            os.environ | {"TUTORIAL_DUCKDB_PATH": str(self.warehouse),
+                          "DBT_SEND_ANONYMOUS_USAGE_STATS": "false"},
+            self.root / "build.log",
         )  # fmt: skip
-        return done.returncode
+        assert code is not None
+        return code
 
     def tables(self) -> dict[str, list[tuple[Any, ...]]]:
         reference = Workspace(self.root)
@@ -144,7 +144,7 @@ def test_a_scripted_sequence_of_changes_ends_where_plain_dbt_build_jobs_end(
     cloud: Cloud, tmp_path: Path
 ) -> None:
     ws = cloud.ws
-    plain = PlainJobs(ws, tmp_path / "plain")
+    plain = PlainJobs(ws, tmp_path / "plain", cloud.server)
 
     # 1. reuse=False: the job runs as configured, and its outcome is recorded.
     first = cloud.run(reuse=False, cause="Airflow dag d run r1 task t")

@@ -1,4 +1,7 @@
-"""dbt's partial-parse cache, kept by us between runs, never makes a run see old YAML."""
+"""dbt's partial-parse cache, kept by us between runs, never makes a run see old YAML.
+
+The runs only plan (parse, measure, decide): what dbt parsed shows in the reasons.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +27,9 @@ def test_a_yaml_file_put_back_with_its_old_time_is_parsed_again(ws: Workspace) -
     # original back would leave the edited version in force.
     path = ws.project / SOURCES
     original, before = path.read_bytes(), path.stat()
-    ws.run()  # the cache now holds the original
+    ws.run("plan")  # the cache now holds the original
     ws.edit(SOURCES, "_loaded_at", "_no_such_column")
-    assert "_no_such_column" in reasons(ws.run())
+    assert "_no_such_column" in reasons(ws.run("plan"))
     path.write_bytes(original)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert "_no_such_column" not in reasons(ws.run())
+    assert "_no_such_column" not in reasons(ws.run("plan"))

@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import pytest
 from support.airflow_deployment import (
     HEARTBEAT_SEC,
     STARTUP_TIMEOUT,
+    ApiError,
     Deployment,
     scheduler_env,
 )
@@ -77,9 +78,16 @@ class TutorialDeployment(Deployment):
     project_digest: dict[str, str] = field(default_factory=dict)
     first_run: str = ""
 
-    def trigger(self, run_id: str, logical_date: str) -> None:
-        """``airflow dags trigger`` the tutorial with a run id and a logical date."""
-        self.cli("dags", "trigger", TUTORIAL, "--run-id", run_id, "--logical-date", logical_date)
+    def trigger(self, run_id: str | None = None, logical_date: str | None = None) -> Any:
+        """A manual run of the tutorial (``POST /dagRuns``, what ``airflow dags trigger`` does),
+        with a run id and a logical date if given; the new DAG run as the API returns it.
+
+        The data interval is the one the DAG's timetable infers from the logical date, if any.
+        """
+        body: dict[str, Any] = {"logical_date": logical_date}
+        if run_id is not None:
+            body["dag_run_id"] = run_id
+        return self.api("POST", f"/api/v2/dags/{TUTORIAL}/dagRuns", body)
 
     # -- the metadata DB ---------------------------------------------------------------------
 
@@ -287,10 +295,9 @@ def deployment(
             )
 
         deployment.wait(consumer_on_asset, STARTUP_TIMEOUT, "the consumer to listen")
-        # One call, so the consumer listens before the tutorial's first run emits anything.
-        deployment.cli(
-            "dags", "unpause", "--treat-dag-id-as-regex", "--yes", f"^({TUTORIAL}|{CONSUMER})$"
-        )
+        # The consumer first, so that it listens before the tutorial's first run emits anything.
+        for dag_id in (CONSUMER, TUTORIAL):
+            deployment.unpause(dag_id)
         assert env.query("select count(*) from dag where is_paused = 0") == [(2,)]
 
         # Catchup is off: the scheduler creates one run, for the latest interval.
@@ -309,26 +316,44 @@ def deployment(
 
 
 def create_backfill(d: TutorialDeployment, start: str, end: str) -> tuple[Any, int]:
-    """``airflow backfill create`` for [start, end], three runs at once; the backfill's id.
+    """A backfill of the tutorial for [start, end] (UTC days), three runs at once, as ``airflow
+    backfill create --dag-id ... --from-date start --to-date end --max-active-runs 3`` would
+    create it (``POST /backfills``; the reprocess behavior is the default, ``none``); the
+    API's answer and the backfill's id.
 
-    On a loaded machine SQLite may refuse the command's writes ("database is locked": the
-    scheduler and the API server write all the time). Airflow then removes what it created of
-    the backfill so that the user can try again, which is what this does, if nothing is left.
+    On a loaded machine SQLite may refuse the request's writes ("database is locked": the
+    scheduler and the API server write all the time; the API answers 503). Airflow then removes
+    what it created of the backfill so that the user can try again, which is what this does, if
+    nothing is left.
     """
-    argv = ["backfill", "create", "--dag-id", TUTORIAL, "--from-date", start, "--to-date", end]
-    argv += ["--max-active-runs", "3"]
+    body = {
+        "dag_id": TUTORIAL,
+        "from_date": _utc(start),
+        "to_date": _utc(end),
+        "max_active_runs": 3,
+        "run_backwards": False,
+        "reprocess_behavior": "none",
+    }
 
     def created() -> list[tuple[Any, ...]]:
         query = "select id from backfill where dag_id = ? and from_date like ?"
         return d.env.query(query, (TUTORIAL, f"{start}%"))
 
-    for _ in range(3):
-        result = d.env.airflow(*argv, extra_env=d.extra, timeout=120)
-        if result.returncode == 0 or created() or "database is locked" not in result.stdout:
+    for attempt in range(3):
+        try:
+            backfill = d.api("POST", "/api/v2/backfills", body)
             break
-    assert result.returncode == 0, f"airflow {' '.join(argv)}:\n{result.stdout[-4000:]}"
+        except ApiError as exc:
+            if attempt == 2 or exc.status != 503 or created():
+                raise
     ((backfill_id,),) = created()
-    return result, int(backfill_id)
+    assert backfill["id"] == backfill_id, backfill
+    return backfill, int(backfill_id)
+
+
+def _utc(day: str) -> str:
+    """``2026-01-03`` as the CLI reads it (midnight, UTC: Airflow's default time zone)."""
+    return datetime.fromisoformat(day).replace(tzinfo=UTC).isoformat()
 
 
 # -- 1. backfill ---------------------------------------------------------------------------------
@@ -369,7 +394,7 @@ def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
                 (backfill_id,),
             )
         ]
-        assert len(runs) == 3, result.stdout[-3000:]
+        assert len(runs) == 3, json.dumps(result)
 
         def two_wait() -> bool:
             return sum(f"({GATE})" in d.task_log(r) for r in runs) >= 2
@@ -416,8 +441,7 @@ def test_backfill_rebuilds_only_the_interval_model_and_emits_only_its_asset(
 
 def test_run_without_logical_date_falls_back_to_run_after(deployment: TutorialDeployment) -> None:
     d = deployment
-    result = d.cli("dags", "trigger", TUTORIAL, "--output", "json")
-    (triggered,) = json.loads(next(ln for ln in result.stdout.splitlines() if ln.startswith("[")))
+    triggered = d.trigger()
     run_id = triggered["dag_run_id"]
     assert triggered["logical_date"] is None
     d.wait_finished([run_id])

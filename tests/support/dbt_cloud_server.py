@@ -218,12 +218,22 @@ class DbtCloudServer:
         self._httpd.server_close()
         if self._forks is not None:
             self._forks.close()
+        shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> DbtCloudServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def dbt(self, argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> int | None:
+        """Run ``dbt <argv>`` outside any job (a test's reference build) as the steps run:
+        in a fork of the process that imported dbt once. Returns its exit code."""
+        with self._lock:
+            if self._forks is None:
+                self._forks = DbtForks()
+            step = self._forks.start(argv, cwd, env, log)
+        return step.wait()
 
     def wait_finished(self, run_id: int, timeout: float = 300) -> Run:
         """The run once it ended (for tests that trigger without polling through the API)."""

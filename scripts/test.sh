@@ -58,18 +58,20 @@ lint() {
 
 # With no arguments, three pytest sessions share the machine's two cores (they share nothing
 # else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
-#   * the unit tests and Airflow end to end (scheduler, `dags test`, the README's commands),
-#     on the newest dbt (the lock's default environment);
+#   * the unit tests and Airflow end to end (scheduler, `dags test` of both operators, the
+#     README's commands), and the partial-parse cache, on the newest dbt (the lock's default
+#     environment);
 #   * every other integration test on the newest dbt: the reuse cases on DuckDB and
-#     PostgreSQL, commands, dbt 1.12 features, freshness, bad input, the Celery multi-worker
-#     test;
+#     PostgreSQL, commands, dbt 1.12 features, freshness, bad input, remote state stores
+#     end to end, a separate dbt interpreter, the Celery multi-worker test;
 #   * on the oldest dbt we support (dbt-core 1.10), in a second environment from the same
-#     lock, on the newest Python the machine has: the worker's unit tests and the reuse cases
-#     that read what differs between dbt versions (manifest, macros, vars, seeds, test
-#     results, build_after); and, since they do not depend on dbt's version, the crash
-#     probes, concurrent runs and locks, foreign writers, the browser test, the S3
-#     store's races and the state-aware dbt Cloud sequence (whose fake dbt Cloud then runs
-#     dbt 1.10's artifacts), which run in this session only.
+#     lock, on the newest Python the machine has: the worker's unit tests and the DuckDB
+#     reuse cases that read what differs between dbt versions (manifest, macros, vars,
+#     seeds, test results, build_after); and, since they do not depend on dbt's version, the
+#     crash probes, concurrent runs and locks (on PostgreSQL too), foreign writers, the two
+#     browser tests, the S3 store's races and the state-aware dbt Cloud sequence (whose fake
+#     dbt Cloud then runs dbt 1.10's artifacts), which run in this session only.
+# The split follows measured times (CPU and waits), so that the three end together.
 if [ "$#" -gt 0 ] || [ "${ORCHESTRA_TEST_OLDEST_DBT:-1}" = 0 ]; then
   lint
   status=0
@@ -84,12 +86,12 @@ oldest_python=$(uv python find 3.13 2>/dev/null \
 logs=$(mktemp -d)
 trap 'rm -rf "$logs" "$pycache"' EXIT
 
-first=(test_scheduler_backfill.py test_operator_airflow.py test_remote_state_e2e.py
-  test_connection_form.py test_dbt_python.py test_state_http.py test_hook_backends.py
-  test_readme_commands.py test_dbt_cloud_fake.py)
+first=(test_scheduler_backfill.py test_operator_airflow.py test_dbt_cloud_operator_airflow.py
+  test_state_http.py test_hook_backends.py test_readme_commands.py test_dbt_cloud_fake.py
+  test_parse_cache.py)
 oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock_runs.py
-  test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_state_s3.py
-  test_dbt_cloud_state_aware.py)
+  test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_connection_form.py
+  test_state_s3.py test_dbt_cloud_state_aware.py)
 uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!
@@ -97,8 +99,8 @@ first_pid=$!
 UV_PROJECT_ENVIRONMENT=$oldest_env uv sync --frozen --all-extras --quiet --python "$oldest_python" \
   --no-group dbt-newest --group dbt-oldest
 oldest_duckdb="editing_a_macro or changing_a_var or changing_a_seed or failing_error_test"
-oldest_reuse="first_run or second_run or new_rows_in_one_source"
-oldest_reuse+=" or (duckdb and ($oldest_duckdb or build_after))"
+oldest_reuse="duckdb and (first_run or second_run or new_rows_in_one_source"
+oldest_reuse+=" or $oldest_duckdb or build_after)"
 "$oldest_env/bin/python" -m pytest -p no:cacheprovider --durations=15 --basetemp "$logs/oldest" \
   tests/unit/worker tests/unit/decisions tests/unit/execution tests/unit/presentation tests/integration/test_reuse.py \
   tests/integration/test_commands.py tests/integration/test_parse_cache.py \

@@ -19,7 +19,6 @@ import pytest
 from support.airflow_env import (
     AirflowEnv,
     children,
-    fresh_workspace,
     group_members,
     kill_group,
     process,
@@ -56,28 +55,24 @@ def _model_names(unique_ids: list[str]) -> set[str]:
     return {short(u) for u in unique_ids if u.startswith("model.")}
 
 
-# -- 1. the tutorial DAG, twice -------------------------------------------------------------------
+# -- 1. the tutorial DAG, the day after a full build -------------------------------------------
+#
+# The very first run through Airflow (everything built, every model's Asset event) is the
+# README's `bash scripts/tutorial.sh` (test_readme_commands.py) and the scheduler's first run
+# (test_scheduler_backfill.py); here the DAG starts from a warehouse and state built before.
 
 
-def test_tutorial_dag_twice_second_run_reuses_everything(
-    airflow_env: AirflowEnv, tmp_path: Path
+def test_tutorial_dag_next_day_rebuilds_only_the_interval_model(
+    airflow_env: AirflowEnv, ws: Workspace
 ) -> None:
-    ws = fresh_workspace(tmp_path / "ws")
     digest = tree_digest(ws.project)
     env = tutorial_env(ws)
     dag = "orchestra_dbt_tutorial"
+    state_before = ws.state()
 
-    _ok(airflow_env.dags_test(dag, "2026-02-01", env))
-    first = airflow_env.xcom(dag, "dbt_build", logical_date="2026-02-01")
-    assert first["success"] is True
-    assert first["counts"]["built"] == 15 and _names(first["built"]) == STATEFUL
-    assert first["counts"]["tests_passed"] > 40 and first["counts"]["reused"] == 0
-    assert set(ws.state()) and {short(e["unique_id"]) for e in ws.state().values()} == STATEFUL
-    state_after_first = ws.state()
-
-    # The next day: only fct_daily_revenue reads the data interval, so only it is rebuilt.
-    second_run = airflow_env.dags_test(dag, "2026-02-02", env)
-    _ok(second_run)
+    # Only fct_daily_revenue reads the data interval, so only it is rebuilt.
+    run = airflow_env.dags_test(dag, "2026-02-02", env)
+    _ok(run)
     summary = airflow_env.xcom(dag, "dbt_build", logical_date="2026-02-02")
     counts = summary["counts"]
     assert summary["success"] is True and _names(summary["built"]) == {"fct_daily_revenue"}
@@ -92,7 +87,8 @@ def test_tutorial_dag_twice_second_run_reuses_everything(
     assert len({n["unique_id"] for n in nodes}) == len(nodes)
     assert all(n["decision"] in ("build", "reuse") and n["reason"] for n in nodes)
     assert set(_models(nodes, "reuse")) == STATEFUL - {"fct_daily_revenue"}
-    assert _models(nodes, "build") == {"fct_daily_revenue": "code changed (vars)"}
+    # Built before without the interval vars, it called is_incremental(); with them it does not.
+    assert _models(nodes, "build") == {"fct_daily_revenue": "code changed (macros, vars)"}
 
     picture = Path(
         airflow_env.xcom(dag, "dbt_build", "orchestra_dbt_picture", logical_date="2026-02-02")
@@ -106,21 +102,18 @@ def test_tutorial_dag_twice_second_run_reuses_everything(
     # api-server plugin (tests/unit/plugins checks that URL serves this file).
     assert link.startswith(f"/orchestra-dbt/dags/{dag}/runs/")
     assert link.endswith("/tasks/dbt_build/tries/1")
-    changed = {short(e["unique_id"]) for k, e in ws.state().items() if e != state_after_first[k]}
+    changed = {short(e["unique_id"]) for k, e in ws.state().items() if e != state_before[k]}
     assert changed == {"fct_daily_revenue"}, "reused nodes' state must not change"
+    assert ws.entry("fct_daily_revenue")["run"]["run_id"] == summary["run"]["run_id"]
     assert tree_digest(ws.project) == digest
-    assert "dbt build: built=1 reused=14" in second_run.stdout
-    # Asset events: every model the first run built, then only fct_daily_revenue.
+    assert "dbt build: built=1 reused=14" in run.stdout
+    # Asset events only for what was rebuilt.
     events = airflow_env.query(
-        "select a.name, count(*) from asset_event e join asset a on a.id = e.asset_id "
-        "where e.source_dag_id = ? and e.source_run_id in (?, ?) group by a.name",
-        [dag, airflow_env.run_id(dag, "2026-02-01"), airflow_env.run_id(dag, "2026-02-02")],
+        "select a.name from asset_event e join asset a on a.id = e.asset_id "
+        "where e.source_dag_id = ? and e.source_run_id = ?",
+        [dag, airflow_env.run_id(dag, "2026-02-02")],
     )
-    assert dict(events)["tutorial.main.fct_daily_revenue"] == 2
-    assert {n for n, c in events if c == 1} == {
-        f"tutorial.main.{m}"
-        for m in STATEFUL - {"fct_daily_revenue", "country_codes", "customers_snapshot"}
-    }
+    assert events == [("tutorial.main.fct_daily_revenue",)]
 
 
 # -- 2. a failing model, then a real task retry -------------------------------------------------
@@ -374,8 +367,8 @@ def test_templated_select_and_vars_render_and_reach_dbt(
     (ws.project / "models" / "marts" / "var_probe.sql").write_text(VAR_PROBE_SQL)
     digest = tree_digest(ws.project)
     dag = "orchestra_dbt_templated"
-    # One run: that the fingerprint follows the logical date from run to run is
-    # test_tutorial_dag_twice_second_run_reuses_everything's second day.
+    # One run: that the fingerprint follows the logical date from run to run is the backfill's
+    # (test_scheduler_backfill.py: each interval rebuilds the model reading it).
     date = "2024-03-01"
     _ok(airflow_env.dags_test(dag, date, tutorial_env(ws)))
     rendered = airflow_env.rendered_fields(dag, "dbt_build", logical_date=date)

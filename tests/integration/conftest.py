@@ -7,11 +7,13 @@ from contextlib import AbstractContextManager
 from typing import TypeVar
 
 import pytest
+from support import tutorial
 from support.airflow_env import AirflowEnv
 from support.postgres import PgServer, PostgresUnavailable, postgres_server
 from support.redis_server import RedisUnavailable, redis_server
 from support.s3_server import MotoS3Server
 from support.tutorial import REPO, Baseline, PgDatabase, ProjectBaselines, Workspace
+from support.worker_shim import ForkedWorkers
 
 T = TypeVar("T")
 
@@ -24,6 +26,30 @@ def _dbt_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     mp.setenv("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def _forked_workers() -> Iterator[ForkedWorkers]:
+    workers = ForkedWorkers()
+    yield workers
+    workers.close()
+
+
+@pytest.fixture(autouse=True)
+def _worker_in_a_fork(
+    request: pytest.FixtureRequest,
+    _forked_workers: ForkedWorkers,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Workspace runs start their dbt worker as a fork of a process that imported dbt once
+    (``support/worker_shim.py``): seconds of CPU less a run, hundreds of runs a session. The
+    worker's code and protocol are the product's; what a fork cannot show (the process the
+    product starts itself, dbt's import) is covered by tests marked ``real_worker_process``,
+    and by every run outside ``Workspace.run`` (subprocess CLIs, Airflow).
+    ORCHESTRA_TEST_FORKED_WORKERS=0 starts every worker as the product does."""
+    forked = os.environ.get("ORCHESTRA_TEST_FORKED_WORKERS", "1") != "0"
+    if forked and request.node.get_closest_marker("real_worker_process") is None:
+        monkeypatch.setattr(tutorial, "worker_python", _forked_workers.launcher)
 
 
 @pytest.fixture(scope="module")

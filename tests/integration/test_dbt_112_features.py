@@ -42,6 +42,8 @@ def test_vars_yml_values_are_fingerprinted_like_project_vars(ws: Workspace) -> N
     assert "var" in decisions(report)[REVENUE]
 
 
+# dbt loads the .env when it is imported: a worker forked after the import would not.
+@pytest.mark.real_worker_process
 def test_a_dotenv_file_dbt_loads_is_said_and_its_values_count(
     ws: Workspace, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,10 @@ IGNORED = shutil.ignore_patterns(
 DB_NAME = "tutorial.duckdb"
 TARGETS = ("duckdb", "postgres")
 SCHEMAS = {"duckdb": "main", "postgres": "analytics"}  # as in tutorial/profiles.yml
+# The interpreter ``Workspace.run`` hands the product for its dbt worker (``--dbt-python``):
+# set per test by tests/integration/conftest.py (``worker_shim.ForkedWorkers``); None: the
+# product's default, a fresh interpreter of its own.
+worker_python: Callable[[], str] | None = None
 STATEFUL = {
     "country_codes", "stg_countries", "stg_customers", "stg_orders", "stg_payments",
     "int_orders_enriched", "int_customer_orders", "fct_orders", "fct_daily_revenue",
@@ -127,6 +131,8 @@ class Workspace:
             "--report", str(report_path),
             # Not for duckdb, the profile's default; a later --target in args wins.
             *(["--target", self.target] if self.pg else []),
+            # Before args: a test's own --dbt-python wins.
+            *(["--dbt-python", worker_python()] if worker_python else []),
             *args,
         ]  # fmt: skip
         with self.env():

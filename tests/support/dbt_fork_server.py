@@ -21,17 +21,28 @@ from one ``poll`` loop. Ends once stdin is closed and every child has ended.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
+import gc
 import json
+import logging
 import os
 import runpy
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import traceback
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
+from pathlib import Path
 from typing import Any, NoReturn
+
+TUTORIAL = Path(__file__).resolve().parents[2] / "tutorial"
+_NOT_PROJECT = (".warehouse", "target", "logs", "dbt_packages", ".user.yml", "__pycache__")
 
 # A worker child's received descriptors are moved above this first, so that placing them under
 # their own numbers never overwrites one not yet placed.
@@ -39,12 +50,90 @@ _PARKED_FDS = 1000
 _HEADER = 8  # the length of a worker request's JSON, sent with its descriptors
 
 
-def _import_dbt() -> None:
-    import dbt.cli.main  # noqa: F401
+def _prepare() -> None:
+    """Import dbt, then parse the tutorial once, before any fork.
+
+    A process's first dbt invocation also builds what dbt builds on first use: each contract
+    class's JSON schema and (compiled lazily by mashumaro) its ``from_dict`` and ``to_dict``,
+    jinja's compiled templates. A cold parse of the tutorial costs about four times the CPU
+    in a fresh process as in one that parsed once. dbt resets its adapters and flags at the
+    start of every invocation (the product's worker runs several in one process too), so a
+    fork starts as a worker after an earlier invocation would: nothing of the warm-up run is
+    left but those caches (its log file, adapter and multiprocessing's resource tracker are
+    let go of here).
+    """
+    import dbt.cli.main
+    from dbt.adapters.factory import reset_adapters
+    from dbt_common.events.event_manager_client import cleanup_event_logger
 
     for adapter in ("dbt.adapters.duckdb", "dbt.adapters.postgres"):  # the tests' adapters
         with contextlib.suppress(ImportError):
             __import__(adapter)
+    scratch = Path(tempfile.mkdtemp(prefix="dbt-fork-server-warm-up-"))
+    saved = dict(os.environ)
+    try:
+        project = scratch / "project"
+        shutil.copytree(TUTORIAL, project, ignore=shutil.ignore_patterns(*_NOT_PROJECT))
+        os.environ["TUTORIAL_DUCKDB_PATH"] = str(scratch / "warm-up.duckdb")  # never opened
+        os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
+        places = ["--project-dir", str(project), "--profiles-dir", str(project)]
+        places += ["--target-path", str(scratch / "target"), "--log-path", str(scratch / "logs")]
+        with _no_static_extractor():
+            dbt.cli.main.dbtRunner().invoke(["parse", "--quiet", *places])
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_adapters()
+        cleanup_event_logger()
+        for logger in list(logging.root.manager.loggerDict.values()):
+            for handler in list(getattr(logger, "handlers", ())):
+                if isinstance(handler, logging.FileHandler):
+                    handler.close()
+                    logger.removeHandler(handler)
+        gc.collect()  # dbt's named semaphores go with their adapter
+        with contextlib.suppress(Exception):  # private API: at worst forks share the tracker
+            resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+        shutil.rmtree(scratch, ignore_errors=True)
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        raise RuntimeError(f"the warm-up left {threads - 1} native threads: forks would hang")
+    # What the warm-up made stays out of the collector's way: forks neither scan nor copy it.
+    gc.freeze()
+
+
+@contextlib.contextmanager
+def _no_static_extractor() -> Iterator[None]:
+    """dbt's static extractor (Rust) starts a thread pool on first use, and a fork has none of
+    its threads: the first extraction in a fork would wait for them forever. During the
+    warm-up a stand-in reads the plain ``{{ ref(...) }}`` / ``{{ source(...) }}`` that YAML
+    holds (snapshot relations, constraints) and refuses the rest, so dbt renders the models
+    instead; what the warm-up parses is thrown away."""
+    from dbt_extractor import ExtractionError, py_extract_from_source
+
+    def stand_in(source: str) -> dict[str, Any]:
+        try:
+            call = ast.parse(
+                source.strip().removeprefix("{{").removesuffix("}}").strip(), mode="eval"
+            )
+            assert isinstance(call.body, ast.Call) and isinstance(call.body.func, ast.Name)
+            args = [ast.literal_eval(arg) for arg in call.body.args]
+        except (SyntaxError, ValueError, AssertionError) as exc:
+            raise ExtractionError("not before a fork") from exc
+        if call.body.func.id == "source" and len(args) == 2:
+            return {"refs": [], "sources": {tuple(args)}, "configs": []}
+        if call.body.func.id == "ref" and len(args) == 1 and not call.body.keywords:
+            return {"refs": [{"name": args[0]}], "sources": set(), "configs": []}
+        raise ExtractionError("not before a fork")
+
+    users = [m for m in list(sys.modules.values()) if getattr(m, "py_extract_from_source", None)]
+    users = [m for m in users if m.py_extract_from_source is py_extract_from_source]
+    for module in users:
+        module.py_extract_from_source = stand_in
+    try:
+        yield
+    finally:
+        for module in users:
+            module.py_extract_from_source = py_extract_from_source
 
 
 def _run_step(request: dict[str, Any]) -> NoReturn:
@@ -67,15 +156,16 @@ def _run_step(request: dict[str, Any]) -> NoReturn:
         os._exit(code)
 
 
-def _run_worker(request: dict[str, Any], received: list[int]) -> NoReturn:
+def _run_worker(
+    request: dict[str, Any], received: list[int], close_server: Callable[[], None]
+) -> NoReturn:
     code = 2
     try:
         os.setsid()  # as the product's start_new_session=True
+        close_server()
         parked = [fcntl.fcntl(fd, fcntl.F_DUPFD, _PARKED_FDS) for fd in received]
-        for name in os.listdir("/proc/self/fd"):  # the server's socket, connections, pidfds
-            if int(name) not in parked:
-                with contextlib.suppress(OSError):
-                    os.close(int(name))
+        for fd in received:
+            os.close(fd)
         for fd, number in zip(parked, request["fds"], strict=True):
             os.dup2(fd, number)
             os.close(fd)
@@ -138,7 +228,7 @@ class _Server:
         self.pending = b""  # stdin read so far, up to an incomplete line
 
     def serve(self) -> None:
-        _import_dbt()
+        _prepare()
         while self.stdin_open or self.exits:
             # One event a poll: handling one may close a descriptor whose number the next
             # (accepting a connection) reuses, and a stale event must not reach the new one.
@@ -191,7 +281,7 @@ class _Server:
             return
         pid = os.fork()
         if pid == 0:
-            _run_worker(request, fds)
+            _run_worker(request, fds, lambda: self._close_in_child(connection))
         for fd in fds:
             os.close(fd)
         self._started(pid, connection)
@@ -199,6 +289,18 @@ class _Server:
         self.poller.register(connection.fileno(), select.POLLIN)
         with contextlib.suppress(OSError):
             connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+    def _close_in_child(self, connection: socket.socket) -> None:
+        """What a worker must not hold (the server's sockets, its own shim's included, and
+        pidfds): closed through their objects, so that nothing closes a number again that
+        the worker has reused since."""
+        connection.close()
+        if self.listener is not None:
+            self.listener.close()
+        for _, connection in self.shims.values():
+            connection.close()
+        for pidfd in self.exits:
+            os.close(pidfd)
 
     def _reap(self, pidfd: int) -> None:
         pid, whom = self.exits.pop(pidfd)
@@ -226,6 +328,9 @@ class _Server:
 def main() -> None:
     socket_path = sys.argv[2] if sys.argv[1:2] == ["--socket"] else None
     _Server(socket_path).serve()
+    sys.stdout.flush()
+    # No teardown: frozen objects are never freed, which native modules would report at exit.
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -58,12 +58,11 @@ lint() {
 
 # With no arguments, three pytest sessions share the machine's two cores (they share nothing
 # else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
-#   * the unit tests and Airflow end to end (scheduler, `dags test` of both operators, the
-#     README's commands), and the partial-parse cache, on the newest dbt (the lock's default
-#     environment);
-#   * every other integration test on the newest dbt: the reuse cases on DuckDB and
-#     PostgreSQL, commands, dbt 1.12 features, freshness, bad input, remote state stores
-#     end to end, a separate dbt interpreter, the Celery multi-worker test;
+#   * Airflow end to end (scheduler, `dags test` of both operators, the README's commands),
+#     and the partial-parse cache, on the newest dbt (the lock's default environment);
+#   * the unit tests and every other integration test on the newest dbt: the reuse cases on
+#     DuckDB and PostgreSQL, commands, dbt 1.12 features, freshness, bad input, remote state
+#     stores end to end, a separate dbt interpreter, the Celery multi-worker test;
 #   * on the oldest dbt we support (dbt-core 1.10), in a second environment from the same
 #     lock, on the newest Python the machine has: the worker's unit tests and the DuckDB
 #     reuse cases that read what differs between dbt versions (manifest, macros, vars,
@@ -92,7 +91,7 @@ first=(test_scheduler_backfill.py test_operator_airflow.py test_dbt_cloud_operat
 oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock_runs.py
   test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_connection_form.py
   test_state_s3.py test_dbt_cloud_state_aware.py)
-uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" tests/unit \
+uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/first" \
   "${first[@]/#/tests/integration/}" >"$logs/first.log" 2>&1 &
 first_pid=$!
 # The second environment while the first session runs: one process on one core.
@@ -112,7 +111,8 @@ oldest_pid=$!
 lint >"$logs/lint.log" 2>&1 &
 lint_pid=$!
 status=0
-uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/second" tests/integration \
+uv run --frozen pytest -p no:cacheprovider --durations=15 --basetemp "$logs/second" \
+  tests/unit tests/integration \
   "${first[@]/#/--ignore=tests/integration/}" "${oldest_only[@]/#/--ignore=tests/integration/}" \
   || status=1
 wait "$lint_pid" || status=1

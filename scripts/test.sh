@@ -58,11 +58,12 @@ lint() {
 
 # With no arguments, three pytest sessions share the machine's two cores (they share nothing
 # else: each has its own temp dir, warehouses and PostgreSQL cluster), about equally long:
-#   * Airflow end to end (scheduler, `dags test` of both operators, the README's commands),
-#     and the partial-parse cache, on the newest dbt (the lock's default environment);
+#   * Airflow end to end (scheduler, `dags test` of both operators, the README's commands)
+#     on the newest dbt (the lock's default environment);
 #   * the unit tests and every other integration test on the newest dbt: the reuse cases on
-#     DuckDB and PostgreSQL, commands, dbt 1.12 features, freshness, bad input, remote state
-#     stores end to end, a separate dbt interpreter, the Celery multi-worker test;
+#     DuckDB and PostgreSQL, commands, dbt 1.12 features, freshness, the partial-parse cache,
+#     bad input, state stores and remote state end to end, the fake dbt Cloud, a separate
+#     dbt interpreter, the Celery multi-worker test;
 #   * on the oldest dbt we support (dbt-core 1.10), in a second environment from the same
 #     lock, on the newest Python the machine has: the worker's unit tests and the DuckDB
 #     reuse cases that read what differs between dbt versions (manifest, macros, vars,
@@ -86,8 +87,7 @@ logs=$(mktemp -d)
 trap 'rm -rf "$logs" "$pycache"' EXIT
 
 first=(test_scheduler_backfill.py test_operator_airflow.py test_dbt_cloud_operator_airflow.py
-  test_state_http.py test_hook_backends.py test_readme_commands.py test_dbt_cloud_fake.py
-  test_parse_cache.py)
+  test_readme_commands.py)
 oldest_only=(test_crash_safety.py test_concurrent_runs.py test_warehouse_lock_runs.py
   test_run_lease.py test_foreign_writers.py test_airflow_ui.py test_connection_form.py
   test_state_s3.py test_dbt_cloud_state_aware.py)

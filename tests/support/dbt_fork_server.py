@@ -111,17 +111,17 @@ def _no_static_extractor() -> Iterator[None]:
     from dbt_extractor import ExtractionError, py_extract_from_source
 
     def stand_in(source: str) -> dict[str, Any]:
+        expression = source.strip().removeprefix("{{").removesuffix("}}").strip()
         try:
-            call = ast.parse(
-                source.strip().removeprefix("{{").removesuffix("}}").strip(), mode="eval"
-            )
-            assert isinstance(call.body, ast.Call) and isinstance(call.body.func, ast.Name)
-            args = [ast.literal_eval(arg) for arg in call.body.args]
-        except (SyntaxError, ValueError, AssertionError) as exc:
+            call = ast.parse(expression, mode="eval").body
+            args = [ast.literal_eval(arg) for arg in getattr(call, "args", ())]
+        except (SyntaxError, ValueError) as exc:
             raise ExtractionError("not before a fork") from exc
-        if call.body.func.id == "source" and len(args) == 2:
+        plain_call = isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+        name = call.func.id if plain_call else ""  # type: ignore[attr-defined]
+        if name == "source" and len(args) == 2:
             return {"refs": [], "sources": {tuple(args)}, "configs": []}
-        if call.body.func.id == "ref" and len(args) == 1 and not call.body.keywords:
+        if name == "ref" and len(args) == 1 and not getattr(call, "keywords", None):
             return {"refs": [{"name": args[0]}], "sources": set(), "configs": []}
         raise ExtractionError("not before a fork")
 

@@ -9,11 +9,11 @@ from typing import TypeVar
 import pytest
 from support import tutorial
 from support.airflow_env import AirflowEnv
+from support.forked_workers import ForkedWorkers
 from support.postgres import PgServer, PostgresUnavailable, postgres_server
 from support.redis_server import RedisUnavailable, redis_server
 from support.s3_server import MotoS3Server
 from support.tutorial import REPO, Baseline, PgDatabase, ProjectBaselines, Workspace
-from support.worker_shim import ForkedWorkers
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ def _worker_in_a_fork(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Workspace runs start their dbt worker as a fork of a process that imported dbt once
-    (``support/worker_shim.py``): seconds of CPU less a run, hundreds of runs a session. The
+    (``support/forked_workers.py``): seconds of CPU less a run, hundreds of runs a session. The
     worker's code and protocol are the product's; what a fork cannot show (the process the
     product starts itself, dbt's import) is covered by tests marked ``real_worker_process``,
     and by every run outside ``Workspace.run`` (subprocess CLIs, Airflow).

@@ -291,6 +291,17 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def end_process(proc: subprocess.Popen[Any], ask: Callable[[], object], timeout: float) -> None:
+    """Ask ``proc`` to end (``ask``: terminate it, close its stdin...), wait up to ``timeout``
+    seconds, then kill it; it is reaped either way."""
+    ask()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """Cleanup for a started ``dags test`` (it leads its own group): kill the group, reap it."""
     if proc.poll() is None:

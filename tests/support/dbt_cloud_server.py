@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from support.airflow_env import end_process
+
 QUEUED, STARTING, RUNNING, SUCCESS, ERROR, CANCELLED = 1, 2, 3, 10, 20, 30
 # A model that takes ten minutes without using the CPU (a dbt-duckdb Python model): put it in
 # a job's project to have a run to cancel.
@@ -155,11 +157,7 @@ class DbtForks:
 
     def close(self) -> None:
         assert self._server.stdin is not None
-        self._server.stdin.close()
-        try:
-            self._server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self._server.kill()
+        end_process(self._server, self._server.stdin.close, timeout=60)
 
 
 class DbtCloudServer:

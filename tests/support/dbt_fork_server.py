@@ -177,6 +177,7 @@ def _run_worker(
         if "--parent" in argv:  # this server is the worker's parent now, and outlives it
             argv[argv.index("--parent") + 1] = str(os.getppid())
         sys.argv = argv
+        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as `python <script>`
         runpy.run_path(argv[0], run_name="__main__")  # exits itself (os._exit) normally
         code = 0
     except SystemExit as exc:
@@ -326,6 +327,9 @@ class _Server:
 
 
 def main() -> None:
+    # Not this directory, as `python <this file>` put it: dbt imports every module on the path
+    # named dbt_* as a plugin, and the tests' modules here are not for dbt.
+    del sys.path[0]
     socket_path = sys.argv[2] if sys.argv[1:2] == ["--socket"] else None
     _Server(socket_path).serve()
     sys.stdout.flush()

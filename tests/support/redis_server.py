@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from support.airflow_env import free_port, wait_for
+from support.airflow_env import end_process, free_port, wait_for
 
 START_TIMEOUT = 30.0
 
@@ -59,10 +59,5 @@ def redis_server() -> Iterator[str]:
         wait_for(up, START_TIMEOUT, f"redis-server on port {port}", interval=0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        end_process(proc, proc.terminate, timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -41,7 +41,7 @@ DB_NAME = "tutorial.duckdb"
 TARGETS = ("duckdb", "postgres")
 SCHEMAS = {"duckdb": "main", "postgres": "analytics"}  # as in tutorial/profiles.yml
 # The interpreter ``Workspace.run`` hands the product for its dbt worker (``--dbt-python``):
-# set per test by tests/integration/conftest.py (``worker_shim.ForkedWorkers``); None: the
+# set per test by tests/integration/conftest.py (``forked_workers.ForkedWorkers``); None: the
 # product's default, a fresh interpreter of its own.
 worker_python: Callable[[], str] | None = None
 STATEFUL = {

@@ -1,12 +1,13 @@
 """Stands in for the dbt worker's interpreter (``--dbt-python``) in the tests.
 
-The product starts ``<python> dbt_worker.py --parent P --lifeline L [--lock-fd K]`` in a session
-of its own. Given this launcher as the python, the worker runs instead in a fork of the
-tests' dbt fork server (``dbt_fork_server.py --socket``), which imported dbt once: the shim
-hands over its standard streams, lifeline and lock descriptors, argv, environment and working
-directory, then stands in for the worker's process. Signals the product sends to the shim's
-group (SIGINT, SIGTERM) go on to the worker's group; a SIGKILL of the shim has the server kill
-the worker's group; and the shim exits as the worker did.
+The product starts ``<python> dbt_worker.py --parent P --lifeline L [--lock-fd K]`` in a
+session of its own. Given this launcher as the python (``forked_workers.py`` writes it), the
+worker runs instead in a fork of the tests' dbt fork server (``dbt_fork_server.py
+--socket``), which imported dbt once: the shim hands over its standard streams, lifeline and
+lock descriptors, argv, environment and working directory, then stands in for the worker's
+process. Signals the product sends to the shim's group (SIGINT, SIGTERM) go on to the
+worker's group; a SIGKILL of the shim has the server kill the worker's group; and the shim
+exits as the worker did.
 
 Standard library only, started with ``-I -S``: it costs milliseconds, not dbt's import.
 """
@@ -16,16 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 from types import FrameType
-from typing import IO
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HANDED_FLAGS = ("--lifeline", "--lock-fd")
@@ -71,60 +66,3 @@ def main(server: str) -> None:
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code)
-
-
-class ForkedWorkers:
-    """The fork server for the tests' worker runs, and the launcher to pass as ``--dbt-python``.
-
-    Started on first use; ``close`` stops it once its workers have ended.
-    """
-
-    def __init__(self) -> None:
-        self._root: Path | None = None
-        self._server: subprocess.Popen[bytes] | None = None
-
-    def launcher(self) -> str:
-        if self._root is None:
-            self._start()
-        assert self._root is not None
-        return str(self._root / "python")
-
-    def _start(self) -> None:
-        # Under /tmp: a Unix socket's path has room for about a hundred characters.
-        root = Path(tempfile.mkdtemp(prefix="orchestra-workers-"))
-        server = root / "server.sock"
-        support = Path(__file__).parent
-        self._server = subprocess.Popen(
-            [sys.executable, str(support / "dbt_fork_server.py"), "--socket", str(server)],
-            stdin=subprocess.PIPE,
-        )
-        launcher = root / "python"
-        launcher.write_text(
-            f"#!{sys.executable} -IS\n"
-            "import sys\n"
-            f"sys.path.insert(0, {str(support)!r})\n"
-            "from worker_shim import main\n"
-            f"main({str(server)!r})\n"
-        )
-        launcher.chmod(0o755)
-        deadline = time.monotonic() + 60  # until it listens; dbt's import comes after
-        while not server.exists():
-            if self._server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the worker fork server did not start")
-            time.sleep(0.01)
-        self._root = root
-
-    def close(self) -> None:
-        server, root = self._server, self._root
-        self._server = self._root = None
-        if server is not None:
-            stdin: IO[bytes] | None = server.stdin
-            if stdin is not None:
-                stdin.close()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        if root is not None:
-            shutil.rmtree(root, ignore_errors=True)

@@ -37,8 +37,11 @@ def main(server: str) -> None:
         if not worker:
             early.append(sig)
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(worker[0], sig)
+        except ProcessLookupError:  # so soon that it has no session (and no child) of its own yet
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker[0], sig)
 
     for sig in _FORWARDED:
         signal.signal(sig, forward)

@@ -316,7 +316,10 @@ def test_the_heartbeat_of_a_paused_holder_finds_its_lease_taken(store: MemorySto
     lost: list[str] = []
     a.start_heartbeat(lost.append)
     wait_for(lambda: lost, "the lost lease")
-    assert "another run took the lease over" in lost[0]
+    # Paused past its renewal deadline, a holder gives up without waiting for the renewal in
+    # flight: which reason it gives depends on whether that renewal (which finds b's lease)
+    # answered first, a race a loaded machine loses. Either way a knows its lease is gone.
+    assert "another run took the lease over" in lost[0] or "was not renewed for" in lost[0]
     a.release()
     assert store.record().holder["label"] == "run b"
     assert b.release()
